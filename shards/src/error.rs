@@ -1,0 +1,84 @@
+//! The error type of the shard engine.
+
+use std::path::PathBuf;
+
+/// Errors of the kvs-shards crate.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// An I/O operation on a WAL file or directory failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: kvs_io::IoError,
+    },
+
+    /// Stored bytes are damaged somewhere a torn tail cannot explain (an older WAL segment,
+    /// a segment header, a record that passes its checksum but does not decode).
+    #[error("corrupt data in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The engine was closed.
+    #[error("shard engine is closed")]
+    Closed,
+
+    /// The key is longer than [`crate::limits::KEY_BYTES_MAX`].
+    #[error("key of {key_bytes} bytes exceeds the limit of {key_bytes_max}")]
+    KeyTooLarge {
+        /// The key length.
+        key_bytes: u64,
+        /// The limit.
+        key_bytes_max: u64,
+    },
+
+    /// The value is longer than [`crate::limits::VALUE_BYTES_MAX`].
+    #[error("value of {value_bytes} bytes exceeds the limit of {value_bytes_max}")]
+    ValueTooLarge {
+        /// The value length.
+        value_bytes: u64,
+        /// The limit.
+        value_bytes_max: u64,
+    },
+
+    /// Too many WAL bytes wait to be written; retry later.
+    #[error("shard overloaded: {pending_bytes} WAL bytes pending, max {pending_bytes_max}")]
+    Overloaded {
+        /// Bytes appended and not yet written.
+        pending_bytes: u64,
+        /// The bound.
+        pending_bytes_max: u64,
+    },
+
+    /// An option is out of range.
+    #[error("invalid shard option {field}: {reason}")]
+    InvalidOptions {
+        /// The field name.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    /// The WAL failed earlier (a write, fdatasync or segment roll); the engine refuses writes
+    /// because durability can no longer be promised. Restart to recover from the WAL.
+    #[error("shard WAL unusable after an earlier failure: {reason}")]
+    Failed {
+        /// The first failure, rendered.
+        reason: String,
+    },
+}
+
+impl ShardError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: kvs_io::IoError) -> Self {
+        ShardError::Io { path: path.into(), source }
+    }
+}

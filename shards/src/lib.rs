@@ -1,0 +1,51 @@
+//! kvs-shards: the per-core storage engine of one shard.
+//!
+//! # What is here
+//! - [`Engine`]: the shard's API for the node: `open` (with WAL replay), `put`, `delete`,
+//!   `get`, `stats`, `close`.
+//! - [`memtable`]: the sorted in-memory table, last-write-wins by [`Stamp`].
+//! - [`wal`]: segment naming, the WAL record payload and recovery. Framing, checksums and group
+//!   commit come from kvs-io.
+//! - [`ShardOptions`] / [`SyncMode`], [`limits`], [`ShardError`].
+//!
+//! # What is not
+//! No networking, no cluster knowledge (this crate may use kvs-io only). SSTables, flush,
+//! compaction, Bloom filters and the block cache come in later issues; the memtable budget is
+//! only reported for now.
+//!
+//! # Data flow
+//! `put`/`delete` → WAL record appended to the current segment → group commit (one fdatasync
+//! for many writers) → memtable insert → acknowledged. `open` replays the WAL segments in
+//! order into a fresh memtable. The on-disk bytes are drawn in `shards/FORMAT.md`.
+//!
+//! # Invariants
+//! - An acknowledged write is in the WAL, fdatasync'd in [`SyncMode::Always`] (written to the
+//!   file in [`SyncMode::Periodic`]), before the call returns.
+//! - Last write wins by ([`Stamp`], tombstone over value, greater value): the result does not
+//!   depend on completion or replay order.
+//! - Only the newest WAL segment may have a torn tail; recovery truncates it and reports it.
+//!   Damage anywhere else is an error naming the file and offset.
+//! - The engine is `!Send` and runs on one glommio executor.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::host_endian_bytes
+    )
+)]
+
+mod engine;
+mod error;
+pub mod limits;
+pub mod memtable;
+mod options;
+mod types;
+pub mod wal;
+
+pub use engine::{Engine, EngineStats};
+pub use error::ShardError;
+pub use options::{ShardOptions, SyncMode};
+pub use types::{Lookup, Stamp};
+pub use wal::recovery::{RecoveryReport, TornTail};

@@ -1,0 +1,164 @@
+//! Goal: the engine behaves like a last-write-wins map across restarts.
+//!
+//! Method: a seeded random sequence of put/delete/get (with some stale stamps, which both the
+//! engine and the model must ignore) runs against the engine and a `BTreeMap` model; at random
+//! points the engine is closed and reopened (a clean restart) or dropped without close and
+//! reopened after its background flusher drained. Every get and, after every reopen, every
+//! key of the model is compared. Small segments make the WAL roll several times. Set
+//! `KVS_MODEL_SEEDS` to run more seeds; a failure prints its seed.
+
+mod support;
+
+use kvs_shards::{Engine, Lookup, ShardOptions, Stamp, SyncMode};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+#[derive(Clone, Debug, PartialEq)]
+enum ModelEntry {
+    Value(Vec<u8>, Stamp),
+    Deleted(Stamp),
+}
+
+impl ModelEntry {
+    fn stamp(&self) -> Stamp {
+        match self {
+            ModelEntry::Value(_, s) | ModelEntry::Deleted(s) => *s,
+        }
+    }
+    fn lookup(&self) -> Lookup {
+        match self {
+            ModelEntry::Value(v, s) => Lookup::Found { value: v.clone(), stamp: *s },
+            ModelEntry::Deleted(s) => Lookup::Deleted { stamp: *s },
+        }
+    }
+}
+
+async fn check_all(engine: &Engine, model: &BTreeMap<Vec<u8>, ModelEntry>, seed: u64) {
+    for (k, e) in model {
+        assert_eq!(engine.get(k).await.unwrap(), e.lookup(), "seed {seed} key {k:?}");
+    }
+    assert_eq!(engine.stats().keys, model.len() as u64, "seed {seed}");
+}
+
+async fn model_run(seed: u64, opts: ShardOptions) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model: BTreeMap<Vec<u8>, ModelEntry> = BTreeMap::new();
+    let (mut engine, report) = Engine::open(opts.clone()).await.unwrap();
+    assert_eq!(report.records, 0);
+    let mut hlc = 1_000u64;
+    let mut restarts = 0;
+    for step in 0..1500 {
+        let key = format!("key-{:03}", rng.gen_range(0..120)).into_bytes();
+        // Mostly fresh stamps; sometimes a stale one that must be ignored.
+        let stamp = if rng.gen_bool(0.1) {
+            Stamp { hlc: hlc.saturating_sub(rng.gen_range(1..500)), node: rng.gen_range(0..3) }
+        } else {
+            hlc += 1;
+            Stamp { hlc, node: rng.gen_range(0..3) }
+        };
+        let newer =
+            |m: &BTreeMap<Vec<u8>, ModelEntry>| m.get(&key).is_none_or(|e| stamp > e.stamp());
+        match rng.gen_range(0..100) {
+            0..=54 => {
+                let len = rng.gen_range(0..2000);
+                let value: Vec<u8> = (0..len).map(|i| (i as u8) ^ (step as u8)).collect();
+                engine.put(&key, &value, stamp).await.unwrap();
+                if newer(&model) {
+                    model.insert(key, ModelEntry::Value(value, stamp));
+                }
+            }
+            55..=69 => {
+                engine.delete(&key, stamp).await.unwrap();
+                if newer(&model) {
+                    model.insert(key, ModelEntry::Deleted(stamp));
+                }
+            }
+            70..=97 => {
+                let want = model.get(&key).map_or(Lookup::Missing, ModelEntry::lookup);
+                assert_eq!(engine.get(&key).await.unwrap(), want, "seed {seed} step {step}");
+            }
+            _ => {
+                restarts += 1;
+                if rng.gen_bool(0.5) {
+                    engine.close().await.unwrap();
+                    assert!(matches!(
+                        engine.put(b"x", b"y", stamp).await,
+                        Err(kvs_shards::ShardError::Closed)
+                    ));
+                } else {
+                    // Dropped without close: the flusher drains in the background; give it
+                    // a moment before reopening the same files.
+                    drop(engine);
+                    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                let (e, report) = Engine::open(opts.clone()).await.unwrap();
+                assert_eq!(report.torn_tail, None, "seed {seed}");
+                if let Some(max) = report.max_stamp {
+                    assert!(max.hlc <= hlc);
+                }
+                engine = e;
+                check_all(&engine, &model, seed).await;
+            }
+        }
+    }
+    check_all(&engine, &model, seed).await;
+    let stats = engine.stats();
+    engine.close().await.unwrap();
+    let (engine, _) = Engine::open(opts.clone()).await.unwrap();
+    check_all(&engine, &model, seed).await;
+    assert!(restarts > 0);
+    assert!(stats.wal_segments >= 1, "seed {seed}: {stats:?} (restarts {restarts})");
+    engine.close().await.unwrap();
+}
+
+fn seeds() -> Vec<u64> {
+    let extra: u64 =
+        std::env::var("KVS_MODEL_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (0..2 + extra).map(|i| 0x5eed_0000 + i).collect()
+}
+
+#[test]
+fn random_ops_match_a_btreemap_across_restarts() {
+    for seed in seeds() {
+        for sync in [SyncMode::Always, SyncMode::Periodic] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = support::small_opts(dir.path(), sync);
+            println!("model seed {seed} {sync:?}");
+            support::run(move || model_run(seed, opts));
+        }
+    }
+}
+
+#[test]
+fn wal_rolls_and_replays_many_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = support::small_opts(dir.path(), SyncMode::Periodic);
+    let path = dir.path().to_path_buf();
+    let value = vec![7u8; 100_000];
+    support::run(move || async move {
+        let (engine, _) = Engine::open(opts.clone()).await.unwrap();
+        let engine: Rc<Engine> = engine;
+        // ~100 KiB values, 60 of them: 6 MiB over 2 MiB segments.
+        for i in 0..60u64 {
+            engine.put(format!("k{i}").as_bytes(), &value, support::stamp(i + 1)).await.unwrap();
+        }
+        let stats = engine.stats();
+        assert!(stats.wal_segments >= 3, "{stats:?}");
+        engine.close().await.unwrap();
+        let on_disk = support::segments(&path).len() as u64;
+        assert_eq!(on_disk, stats.wal_segments);
+        let (engine, report) = Engine::open(opts).await.unwrap();
+        assert_eq!(report.records, 60);
+        assert_eq!(report.segments, on_disk);
+        assert_eq!(report.max_stamp, Some(support::stamp(60)));
+        for i in 0..60u64 {
+            assert_eq!(
+                engine.get(format!("k{i}").as_bytes()).await.unwrap(),
+                Lookup::Found { value: value.clone(), stamp: support::stamp(i + 1) }
+            );
+        }
+        engine.close().await.unwrap();
+    });
+}

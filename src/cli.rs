@@ -1,0 +1,293 @@
+//! The `kvs` command line.
+//!
+//! Exit codes of the client commands: 0 on success; 1 when `get` finds no value (with
+//! `not found` on stderr); 2 on any error, with its stable code and message on stderr.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use kvs_wire::client::{Client, ClientError, ClientOptions};
+
+use crate::config::{NodeConfig, SyncSetting};
+
+#[derive(Parser, Debug)]
+#[command(name = "kvs", version, about = "kvs: a thread-per-core distributed key-value store")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node. With no flags: a single-node store on 127.0.0.1:7000 with data in ./kvs-data.
+    Server(ServerArgs),
+    /// Write a value. `kvs put KEY -` reads the value from stdin.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print a key's value to stdout (raw bytes). Exits 1 if the key is missing.
+    Get {
+        key: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print the node's topology: id, address, shard ports, vnode count.
+    Topology {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Measure throughput and latency of one operation from this process.
+    Bench(kvs_perf::quick::QuickArgs),
+}
+
+/// How a client command reaches the store.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Any node's address (its --listen address).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub addr: String,
+    /// Per-attempt request timeout, milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+/// Flags of `kvs server`. Each overrides the same key of the config file.
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Node-level address HOST:PORT [default: 127.0.0.1:7000]. Shard i listens on PORT+1+i.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory [default: ./kvs-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Data shards (executors) [default: cores - 1, at least 1].
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// WAL acknowledgement: always (after fdatasync) or periodic [default: always].
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncSetting>,
+    /// fdatasync period in periodic mode, ms [default: 10].
+    #[arg(long)]
+    pub sync_period_ms: Option<u64>,
+    /// Largest key, bytes [default: 4096].
+    #[arg(long)]
+    pub key_bytes_max: Option<u32>,
+    /// Largest value, bytes [default: 1048576].
+    #[arg(long)]
+    pub value_bytes_max: Option<u32>,
+    /// Vnode tokens of this node [default: 150].
+    #[arg(long)]
+    pub vnodes: Option<u16>,
+    /// Memtable budget per shard, MiB [default: 64].
+    #[arg(long)]
+    pub memtable_mb: Option<u64>,
+    /// WAL segment size, MiB [default: 64].
+    #[arg(long)]
+    pub wal_segment_mb: Option<u64>,
+    /// Requests in flight per connection before reading pauses [default: 1024].
+    #[arg(long)]
+    pub connection_inflight_max: Option<usize>,
+    /// Open connections per port [default: 4096].
+    #[arg(long)]
+    pub connections_max: Option<usize>,
+    /// Capacity of each shard-to-shard channel [default: 1024].
+    #[arg(long)]
+    pub forward_queue_max: Option<usize>,
+    /// Pin executors to cores when there is a core for each [default: true].
+    #[arg(long)]
+    pub pin: Option<bool>,
+    /// Seconds to finish in-flight requests on shutdown [default: 10].
+    #[arg(long)]
+    pub shutdown_grace_s: Option<u64>,
+}
+
+impl ServerArgs {
+    /// The config these flags describe: the file (or defaults), then each given flag.
+    pub fn to_config(&self) -> Result<NodeConfig, crate::config::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(v) = &self.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if self.shards.is_some() {
+            c.shards = self.shards;
+        }
+        if let Some(v) = self.sync {
+            c.sync = v;
+        }
+        if let Some(v) = self.sync_period_ms {
+            c.sync_period_ms = v;
+        }
+        if let Some(v) = self.key_bytes_max {
+            c.key_bytes_max = v;
+        }
+        if let Some(v) = self.value_bytes_max {
+            c.value_bytes_max = v;
+        }
+        if let Some(v) = self.vnodes {
+            c.vnodes = v;
+        }
+        if let Some(v) = self.memtable_mb {
+            c.memtable_mb = v;
+        }
+        if let Some(v) = self.wal_segment_mb {
+            c.wal_segment_mb = v;
+        }
+        if let Some(v) = self.connection_inflight_max {
+            c.connection_inflight_max = v;
+        }
+        if let Some(v) = self.connections_max {
+            c.connections_max = v;
+        }
+        if let Some(v) = self.forward_queue_max {
+            c.forward_queue_max = v;
+        }
+        if let Some(v) = self.pin {
+            c.pin = v;
+        }
+        if let Some(v) = self.shutdown_grace_s {
+            c.shutdown_grace_s = v;
+        }
+        Ok(c)
+    }
+}
+
+/// Parses the command line, runs it, and returns the process exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    match cli.command {
+        Command::Server(args) => match args
+            .to_config()
+            .map_err(anyhow::Error::from)
+            .and_then(|c| crate::node::run(c).map_err(anyhow::Error::from))
+        {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+        Command::Bench(args) => match kvs_perf::quick::run(&args) {
+            Ok(report) => {
+                println!("{report}");
+                if report.errors > 0 {
+                    2
+                } else {
+                    0
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+        Command::Put { key, value, conn } => client_command(&conn, move |c| async move {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| ClientError::Protocol(format!("reading stdin: {e}")))?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            c.put(key.as_bytes(), &value).await?;
+            Ok(0)
+        }),
+        Command::Get { key, conn } => client_command(&conn, move |c| async move {
+            match c.get(key.as_bytes()).await? {
+                Some((value, _stamp)) => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&value)
+                        .and_then(|_| out.flush())
+                        .map_err(|e| ClientError::Protocol(format!("writing stdout: {e}")))?;
+                    Ok(0)
+                }
+                None => {
+                    eprintln!("not found");
+                    Ok(1)
+                }
+            }
+        }),
+        Command::Delete { key, conn } => client_command(&conn, move |c| async move {
+            c.delete(key.as_bytes()).await?;
+            Ok(0)
+        }),
+        Command::Topology { conn } => client_command(&conn, move |c| async move {
+            let t = c.topology();
+            println!("topology version {} (answered by node {:016x})", t.version, t.self_id);
+            for n in &t.nodes {
+                let ports: Vec<String> = n.shard_ports.iter().map(|p| p.to_string()).collect();
+                println!(
+                    "node {:016x}  addr {}  shards {}  shard_ports {}  vnodes {}",
+                    n.id,
+                    n.addr,
+                    n.shard_ports.len(),
+                    ports.join(","),
+                    n.tokens.len()
+                );
+            }
+            Ok(0)
+        }),
+    }
+}
+
+/// Runs one client command on a single glommio executor and maps its outcome to an exit code.
+fn client_command<F, Fut>(conn: &ConnArgs, f: F) -> i32
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<i32, ClientError>>,
+{
+    let addr = conn.addr.clone();
+    let opts = ClientOptions {
+        request_timeout: Duration::from_millis(conn.timeout_ms),
+        ..ClientOptions::default()
+    };
+    let outcome = glommio::LocalExecutorBuilder::default()
+        .name("kvs-cli")
+        .spawn(move || async move {
+            let client = Client::connect(&addr, opts).await?;
+            let code = f(client.clone()).await;
+            client.close().await;
+            code
+        })
+        .map_err(|e| format!("cannot start the client executor: {e}"))
+        .and_then(|h| h.join().map_err(|e| format!("client executor failed: {e}")));
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("error: {}: {e}", e.code());
+            2
+        }
+        Err(e) => {
+            eprintln!("error: Internal: {e}");
+            2
+        }
+    }
+}

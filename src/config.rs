@@ -1,0 +1,259 @@
+//! Node configuration: defaults, the TOML file, command-line overrides, and validation.
+//!
+//! Precedence: a flag given on the command line beats the config file, which beats the default.
+//! Every field here is documented in `tuning.md`; a test fails when one is missing there.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use kvs_shards::{ShardOptions, SyncMode};
+use kvs_wire::limits::{
+    BODY_OVERHEAD_BYTES, FRAME_BODY_BYTES_MAX, KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT,
+};
+use kvs_wire::placement::{SHARDS_MAX, VNODES_DEFAULT, VNODES_MAX};
+use serde::{Deserialize, Serialize};
+
+/// How the WAL acknowledges writes. Mirrors `kvs_shards::SyncMode` for the config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncSetting {
+    /// Acknowledge a write once it is durable (fdatasync'd). Default.
+    #[default]
+    Always,
+    /// Acknowledge once written to the file; fdatasync every `sync_period_ms`.
+    Periodic,
+}
+
+/// Everything a node needs to start. Units are in the names.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node-level address (`host:port`): accepts any request and forwards it to the owning shard.
+    /// Default `127.0.0.1:7000`. Shard `i` listens on port `port + 1 + i` of the same host, or
+    /// on an ephemeral port when `port` is 0.
+    pub listen: String,
+    /// Root of the node's files. Default `./kvs-data`.
+    pub data_dir: PathBuf,
+    /// Data shards (executors). Default: all cores but one, at least 1.
+    pub shards: Option<u16>,
+    /// WAL acknowledgement mode. Default `always`.
+    pub sync: SyncSetting,
+    /// fdatasync period in `periodic` mode, milliseconds. Default 10.
+    pub sync_period_ms: u64,
+    /// Largest key accepted, bytes. Default 4096.
+    pub key_bytes_max: u32,
+    /// Largest value accepted, bytes. Default 1 MiB.
+    pub value_bytes_max: u32,
+    /// Vnode tokens this node takes on the ring. Default 150.
+    pub vnodes: u16,
+    /// WAL segment size before rolling to a new file, MiB. Default 64.
+    pub wal_segment_mb: u64,
+    /// Memtable budget per shard, MiB. Default 64.
+    pub memtable_mb: u64,
+    /// Requests in flight on one connection before the node stops reading from it. Default 1024.
+    pub connection_inflight_max: usize,
+    /// Open client connections per shard (and on the node port); more are refused. Default 4096.
+    pub connections_max: usize,
+    /// Capacity of each shard-to-shard channel; a full channel answers `Overloaded`. Default 1024.
+    pub forward_queue_max: usize,
+    /// Pin shard executors to cores when there are enough cores. Default true.
+    pub pin: bool,
+    /// Seconds to wait for in-flight requests on shutdown before closing anyway. Default 10.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: "127.0.0.1:7000".to_string(),
+            data_dir: PathBuf::from("./kvs-data"),
+            shards: None,
+            sync: SyncSetting::Always,
+            sync_period_ms: 10,
+            key_bytes_max: KEY_BYTES_MAX_DEFAULT,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            vnodes: VNODES_DEFAULT,
+            wal_segment_mb: 64,
+            memtable_mb: 64,
+            connection_inflight_max: 1024,
+            connections_max: 4096,
+            forward_queue_max: 1024,
+            pin: true,
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("bad config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+impl NodeConfig {
+    /// Reads a TOML config file; missing keys keep their defaults, unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// The number of data shards: the configured one, or all cores but one (at least 1).
+    pub fn shard_count(&self) -> u16 {
+        self.shards.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            u16::try_from(cores.saturating_sub(1).max(1)).unwrap_or(1)
+        })
+    }
+
+    /// The node-level socket address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        use std::net::ToSocketAddrs;
+        self.listen
+            .to_socket_addrs()
+            .map_err(|e| invalid("listen", format!("{}: {e}", self.listen)))?
+            .next()
+            .ok_or_else(|| invalid("listen", format!("{} resolves to no address", self.listen)))
+    }
+
+    /// The largest frame body this node accepts: a key and a value at their limits plus framing.
+    pub fn frame_body_bytes_max(&self) -> u32 {
+        self.key_bytes_max
+            .saturating_add(self.value_bytes_max)
+            .saturating_add(BODY_OVERHEAD_BYTES)
+            .min(FRAME_BODY_BYTES_MAX)
+    }
+
+    /// Options for shard `index`'s engine.
+    pub fn shard_options(&self, index: u16) -> ShardOptions {
+        ShardOptions {
+            dir: self.data_dir.join(format!("shard-{index}")),
+            sync: match self.sync {
+                SyncSetting::Always => SyncMode::Always,
+                SyncSetting::Periodic => SyncMode::Periodic,
+            },
+            sync_period_ms: self.sync_period_ms,
+            wal_segment_bytes: self.wal_segment_mb.saturating_mul(1024 * 1024),
+            memtable_bytes_max: self.memtable_mb.saturating_mul(1024 * 1024),
+        }
+    }
+
+    /// Checks every setting; the node refuses to start on the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr = self.listen_addr()?;
+        let shards = self.shard_count();
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(invalid("shards", format!("{shards} is not in 1..={SHARDS_MAX}")));
+        }
+        if addr.port() != 0 && u32::from(addr.port()) + u32::from(shards) > u32::from(u16::MAX) {
+            return Err(invalid(
+                "listen",
+                format!("port {} leaves no room for {shards} shard ports above it", addr.port()),
+            ));
+        }
+        if self.key_bytes_max == 0 {
+            return Err(invalid("key_bytes_max", "must be at least 1"));
+        }
+        if u64::from(self.key_bytes_max) + u64::from(self.value_bytes_max)
+            > u64::from(FRAME_BODY_BYTES_MAX - BODY_OVERHEAD_BYTES)
+        {
+            return Err(invalid(
+                "value_bytes_max",
+                format!("key and value limits together exceed the {FRAME_BODY_BYTES_MAX}-byte frame limit"),
+            ));
+        }
+        if self.vnodes == 0 || self.vnodes > VNODES_MAX {
+            return Err(invalid("vnodes", format!("{} is not in 1..={VNODES_MAX}", self.vnodes)));
+        }
+        if self.sync_period_ms == 0 || self.sync_period_ms > 60_000 {
+            return Err(invalid("sync_period_ms", "must be in 1..=60000"));
+        }
+        if self.wal_segment_mb == 0 || self.wal_segment_mb > 4096 {
+            return Err(invalid("wal_segment_mb", "must be in 1..=4096"));
+        }
+        if self.memtable_mb == 0 {
+            return Err(invalid("memtable_mb", "must be at least 1"));
+        }
+        if self.connection_inflight_max == 0 || self.connection_inflight_max > 65_536 {
+            return Err(invalid("connection_inflight_max", "must be in 1..=65536"));
+        }
+        if self.connections_max == 0 {
+            return Err(invalid("connections_max", "must be at least 1"));
+        }
+        if self.forward_queue_max == 0 || self.forward_queue_max > 1 << 20 {
+            return Err(invalid("forward_queue_max", "must be in 1..=1048576"));
+        }
+        self.shard_options(0).validate().map_err(|e| invalid("shard options", e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every config key must be documented in tuning.md with its default.
+    #[test]
+    fn every_config_key_is_in_tuning_md() {
+        let tuning = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning.md"));
+        let defaults = NodeConfig { shards: Some(1), ..NodeConfig::default() };
+        let table: toml::Table = toml::from_str(&toml::to_string(&defaults).unwrap()).unwrap();
+        assert!(table.len() >= 15, "expected every field, got {table:?}");
+        for key in table.keys() {
+            assert!(tuning.contains(&format!("`{key}`")), "tuning.md does not document `{key}`");
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(tuning.contains(&flag), "tuning.md does not name the flag {flag}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = NodeConfig::default();
+        c.validate().unwrap();
+        assert!(c.shard_count() >= 1);
+        assert_eq!(c.listen_addr().unwrap().port(), 7000);
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let c: NodeConfig = toml::from_str("shards = 3\nsync = \"periodic\"\nvnodes = 16").unwrap();
+        assert_eq!((c.shard_count(), c.sync, c.vnodes), (3, SyncSetting::Periodic, 16));
+        assert_eq!(c.memtable_mb, 64);
+        assert!(toml::from_str::<NodeConfig>("shardz = 3").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field_name() {
+        let cases: Vec<(NodeConfig, &str)> = vec![
+            (NodeConfig { shards: Some(0), ..Default::default() }, "shards"),
+            (NodeConfig { listen: "nonsense".into(), ..Default::default() }, "listen"),
+            (
+                NodeConfig {
+                    listen: "127.0.0.1:65535".into(),
+                    shards: Some(2),
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (NodeConfig { key_bytes_max: 0, ..Default::default() }, "key_bytes_max"),
+            (NodeConfig { value_bytes_max: u32::MAX, ..Default::default() }, "value_bytes_max"),
+            (NodeConfig { vnodes: 0, ..Default::default() }, "vnodes"),
+            (NodeConfig { sync_period_ms: 0, ..Default::default() }, "sync_period_ms"),
+        ];
+        for (c, field) in cases {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+}

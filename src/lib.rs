@@ -1,0 +1,22 @@
+//! # kvs: the node and its command line
+//!
+//! kvs is a Dynamo-style distributed key-value store built thread-per-core: each data shard is
+//! a glommio executor that owns a disjoint slice of the token space with its own WAL and
+//! memtable, and clients send each request straight to the owning shard's port.
+//!
+//! # Layout
+//! - [`cli`]: the `kvs` command (clap): `server`, `put`, `get`, `delete`, `topology`, `bench`.
+//! - [`config`]: [`config::NodeConfig`], from defaults, a TOML file and flags, with `validate()`.
+//! - [`node`]: bootstrap of the shard executors and the cluster core, pinning, shutdown.
+//! - [`shard`]: the per-executor task: listener, frame loop, routing and forwarding between
+//!   shards, and the coordinator that stamps and executes requests.
+//! - [`cluster`]: pure state machines of the cluster (for now the hybrid logical clock).
+//!
+//! Below this crate: `kvs-wire` (protocol, placement, client), `kvs-shards` (the per-core
+//! storage engine) and `kvs-io` (direct I/O and group commit). `kvs-perf` holds the load harness.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod node;
+pub mod shard;

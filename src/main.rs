@@ -1,0 +1,5 @@
+//! The `kvs` binary: everything lives in `kvs::cli`.
+
+fn main() {
+    std::process::exit(kvs::cli::run());
+}

@@ -1,0 +1,481 @@
+//! Bootstrap of a node: `S` shard executors and one cluster-core executor, their listeners and
+//! the channels between them, pinning, readiness and clean shutdown.
+//!
+//! ## Start
+//! 1. Validate the config, create the data directory and lock it (one process per directory).
+//! 2. Load the node id from `DATA/node-id`, or make one and store it atomically.
+//! 3. Bind every port on the main thread (so a port in use fails the start with a clear error,
+//!    and so the topology knows every port before any executor serves it).
+//! 4. Start the executors. Each shard opens its engine (WAL recovery) and reports ready; the
+//!    node prints one `kvs server ready ...` line on stdout once all have.
+//!
+//! ## Stop
+//! SIGINT or SIGTERM raises a flag every executor watches. Each stops accepting and reading,
+//! answers every request already read, flushes responses, waits until every executor has done
+//! the same (forwarded requests may still arrive until then), and then closes its engine, which
+//! syncs the WAL. A second SIGINT kills the process at once.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::channels::shared_channel::{self, ConnectedReceiver, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+use kvs_shards::Engine;
+use kvs_wire::msg::{NodeInfo, TopologyResponse};
+use kvs_wire::placement::{vnode_tokens, NodeId};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
+
+/// Why a node could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("data directory {path} is in use by another kvs process")]
+    Locked { path: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("corrupt node id file {path}: {reason}")]
+    BadNodeId { path: PathBuf, reason: String },
+    #[error("executor {index} failed: {reason}")]
+    Executor { index: usize, reason: String },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NodeError {
+    let path = path.to_path_buf();
+    move |source| NodeError::Io { what, path, source }
+}
+
+/// Runs a node until SIGINT or SIGTERM. Returns once every executor has stopped cleanly.
+pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .map_err(io_err("registering signal handler for", Path::new("SIGINT/SIGTERM")))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(io_err("registering signal handler for", Path::new("SIGINT/SIGTERM")))?;
+    }
+    run_until(config, stop)
+}
+
+/// Runs a node until `stop` becomes true.
+pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_err("creating data directory", &config.data_dir))?;
+    // Shards open their files relative to an absolute path, whatever the working directory.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(io_err("resolving data directory", &config.data_dir))?;
+    let data_dir = config.data_dir.clone();
+    let _lock = lock_data_dir(&data_dir)?;
+    let node_id = load_or_create_node_id(&data_dir)?;
+
+    let shards = config.shard_count();
+    let listen = config.listen_addr()?;
+    let node_listener = bind(listen)?;
+    let node_addr =
+        node_listener.local_addr().map_err(|source| NodeError::Bind { addr: listen, source })?;
+    let mut shard_listeners = Vec::with_capacity(usize::from(shards));
+    let mut shard_ports = Vec::with_capacity(usize::from(shards));
+    for i in 0..shards {
+        let port = if listen.port() == 0 { 0 } else { listen.port() + 1 + i };
+        let l = bind(SocketAddr::new(listen.ip(), port))?;
+        let bound = l.local_addr().map_err(|source| NodeError::Bind { addr: listen, source })?;
+        shard_ports.push(bound.port());
+        shard_listeners.push(l);
+    }
+    let topology = Arc::new(TopologyResponse {
+        version: 1,
+        self_id: node_id,
+        replication_factor: 1,
+        nodes: vec![NodeInfo {
+            id: node_id,
+            addr: node_addr.to_string(),
+            shard_ports: shard_ports.clone(),
+            tokens: vnode_tokens(NodeId(node_id), config.vnodes).into_iter().map(|t| t.0).collect(),
+        }],
+    });
+    let settings = ShardSettings {
+        node_id,
+        shard_count: shards,
+        key_bytes_max: config.key_bytes_max,
+        value_bytes_max: config.value_bytes_max,
+        frame_body_bytes_max: config.frame_body_bytes_max(),
+        connection_inflight_max: config.connection_inflight_max,
+        connections_max: config.connections_max,
+    };
+
+    // Executors 0..S are shards; executor S is the cluster core, which serves the node port.
+    let executors = usize::from(shards) + 1;
+    let (mut senders, mut receivers) = channel_matrix(executors, config.forward_queue_max);
+    let placements = placements(executors, config.pin);
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<String, String>)>();
+    let drained = Arc::new(AtomicUsize::new(0));
+    let mut listeners: Vec<StdListener> = shard_listeners;
+    listeners.push(node_listener);
+
+    let mut handles = Vec::with_capacity(executors);
+    for (index, listener) in listeners.into_iter().enumerate().rev() {
+        let my_senders = senders.pop().unwrap_or_default();
+        let my_receivers = receivers.pop().unwrap_or_default();
+        let placement = placements.get(index).cloned().unwrap_or(Placement::Unbound);
+        let name = if index < usize::from(shards) {
+            format!("kvs-shard-{index}")
+        } else {
+            "kvs-cluster".to_string()
+        };
+        let job = ExecutorJob {
+            index,
+            is_shard: index < usize::from(shards),
+            settings: settings.clone(),
+            shard_options: config.shard_options(u16::try_from(index).unwrap_or(0)),
+            topology: topology.clone(),
+            listener_fd: listener.into_raw_fd(),
+            senders: my_senders,
+            receivers: my_receivers,
+            ready: ready_tx.clone(),
+            stop: stop.clone(),
+            drained: drained.clone(),
+            executors,
+            grace: Duration::from_secs(config.shutdown_grace_s),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&name)
+            .spawn(move || job.run())
+            .map_err(|e| NodeError::Executor { index, reason: format!("cannot start: {e}") })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+
+    let mut failure = None;
+    let mut recovered = Vec::new();
+    for _ in 0..executors {
+        match ready_rx.recv() {
+            Ok((_, Ok(note))) => recovered.push(note),
+            Ok((index, Err(reason))) => {
+                failure.get_or_insert(NodeError::Executor { index, reason });
+                stop.store(true, Ordering::SeqCst);
+            }
+            Err(_) => {
+                failure.get_or_insert(NodeError::Executor {
+                    index: 0,
+                    reason: "exited during start".into(),
+                });
+                stop.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        tracing::info!(node_id = format!("{node_id:016x}"), %node_addr, shards, "node started");
+        let ports: Vec<String> = shard_ports.iter().map(|p| p.to_string()).collect();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "kvs server ready: node={node_id:016x} listen={node_addr} shards={shards} shard_ports={} data_dir={}",
+            ports.join(","),
+            data_dir.display()
+        );
+        let _ = out.flush();
+    }
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                failure.get_or_insert(NodeError::Executor { index: 0, reason });
+            }
+            Err(e) => {
+                failure.get_or_insert(NodeError::Executor { index: 0, reason: format!("{e}") });
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("node stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// What one executor needs; moved into its thread.
+struct ExecutorJob {
+    index: usize,
+    is_shard: bool,
+    settings: ShardSettings,
+    shard_options: kvs_shards::ShardOptions,
+    topology: Arc<TopologyResponse>,
+    listener_fd: std::os::fd::RawFd,
+    senders: Vec<Option<SharedSender<ShardMsg>>>,
+    receivers: Vec<(usize, SharedReceiver<ShardMsg>)>,
+    ready: mpsc::Sender<(usize, Result<String, String>)>,
+    stop: Arc<AtomicBool>,
+    drained: Arc<AtomicUsize>,
+    executors: usize,
+    grace: Duration,
+}
+
+impl ExecutorJob {
+    async fn run(self) -> Result<(), String> {
+        let index = self.index;
+        // SAFETY: the fd is a bound, listening TCP socket that this executor now owns alone.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(self.listener_fd) };
+        // Connecting a channel end waits for its peer end, so connect every end at once.
+        let sender_tasks: Vec<_> = self
+            .senders
+            .into_iter()
+            .map(|s| s.map(|s| glommio::spawn_local(s.connect())))
+            .collect();
+        let receiver_tasks: Vec<_> = self
+            .receivers
+            .into_iter()
+            .map(|(from, r)| (from, glommio::spawn_local(r.connect())))
+            .collect();
+        let mut peers = Vec::with_capacity(sender_tasks.len());
+        for t in sender_tasks {
+            peers.push(match t {
+                Some(t) => Some(t.await),
+                None => None,
+            });
+        }
+        let mut inboxes: Vec<(usize, ConnectedReceiver<ShardMsg>)> =
+            Vec::with_capacity(receiver_tasks.len());
+        for (from, t) in receiver_tasks {
+            inboxes.push((from, t.await));
+        }
+        let (engine, hlc_floor, note) = if self.is_shard {
+            match Engine::open(self.shard_options.clone()).await {
+                Ok((engine, report)) => {
+                    if let Some(torn) = &report.torn_tail {
+                        tracing::warn!(
+                            shard = index,
+                            "WAL torn tail truncated during recovery: {torn:?}"
+                        );
+                    }
+                    tracing::info!(
+                        shard = index,
+                        segments = report.segments,
+                        records = report.records,
+                        "shard recovered"
+                    );
+                    let floor = report.max_stamp.map(|s| s.hlc).unwrap_or(0);
+                    (Some(engine), floor, format!("shard {index}: {} records", report.records))
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "opening shard {index} at {}: {e}",
+                        self.shard_options.dir.display()
+                    );
+                    let _ = self.ready.send((index, Err(reason.clone())));
+                    self.drained.fetch_add(1, Ordering::SeqCst);
+                    return Err(reason);
+                }
+            }
+        } else {
+            (None, 0, "cluster core".to_string())
+        };
+
+        let ctx = Rc::new(ExecutorCtx::new(
+            index,
+            self.settings,
+            engine,
+            hlc_floor,
+            self.topology,
+            peers,
+        ));
+        for (_from, inbox) in inboxes {
+            let c = ctx.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = inbox.recv().await {
+                    c.on_peer_message(msg);
+                }
+            })
+            .detach();
+        }
+        let accept = glommio::spawn_local(serve_listener(ctx.clone(), listener));
+        let _ = self.ready.send((index, Ok(note)));
+
+        while !self.stop.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        ctx.begin_shutdown();
+        accept.await;
+        ctx.drain_connections(self.grace).await;
+        // Other executors may still forward requests here until they have drained too.
+        self.drained.fetch_add(1, Ordering::SeqCst);
+        while self.drained.load(Ordering::SeqCst) < self.executors {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let c = &ctx.counters;
+        tracing::info!(
+            executor = index,
+            connections = c.connections.get(),
+            served_local = c.served_local.get(),
+            forwarded_out = c.forwarded_out.get(),
+            served_for_peers = c.served_for_peers.get(),
+            overloaded = c.overloaded.get(),
+            invalid_frames = c.invalid_frames.get(),
+            "executor stopping"
+        );
+        if let Some(engine) = ctx.engine.as_ref() {
+            engine.close().await.map_err(|e| format!("closing shard {index}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// One bounded single-producer channel for every ordered pair of executors.
+/// Returns, per executor, its senders by destination and its receivers with their source.
+#[expect(clippy::type_complexity, reason = "a matrix of channel ends, used once at start")]
+fn channel_matrix(
+    n: usize,
+    capacity: usize,
+) -> (Vec<Vec<Option<SharedSender<ShardMsg>>>>, Vec<Vec<(usize, SharedReceiver<ShardMsg>)>>) {
+    let mut senders: Vec<Vec<Option<SharedSender<ShardMsg>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<(usize, SharedReceiver<ShardMsg>)>> =
+        (0..n).map(|_| Vec::new()).collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from == to {
+                continue;
+            }
+            let (tx, rx) = shared_channel::new_bounded(capacity);
+            if let Some(slot) = senders.get_mut(from).and_then(|row| row.get_mut(to)) {
+                *slot = Some(tx);
+            }
+            if let Some(inbox) = receivers.get_mut(to) {
+                inbox.push((from, rx));
+            }
+        }
+    }
+    (senders, receivers)
+}
+
+/// Pins executor `i` to core `i` when there is a core for every executor; otherwise leaves all
+/// unpinned so the kernel can share the cores (more shards than cores still run correctly).
+fn placements(executors: usize, pin: bool) -> Vec<Placement> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if pin && cores.len() >= executors {
+        cores.iter().take(executors).map(|c| Placement::Fixed(c.id)).collect()
+    } else {
+        (0..executors).map(|_| Placement::Unbound).collect()
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<StdListener, NodeError> {
+    StdListener::bind(addr).map_err(|source| NodeError::Bind { addr, source })
+}
+
+/// Holds an exclusive lock on `DATA/LOCK` for the life of the process.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("opening lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(NodeError::Locked { path: dir.to_path_buf() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking", &path)(e)),
+    }
+}
+
+/// Reads `DATA/node-id` (16 hex digits), or makes a new id and stores it atomically.
+fn load_or_create_node_id(dir: &Path) -> Result<u64, NodeError> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let t = text.trim();
+            u64::from_str_radix(t, 16).ok().filter(|id| *id != 0 && t.len() == 16).ok_or_else(
+                || NodeError::BadNodeId {
+                    path: path.clone(),
+                    reason: format!("{t:?} is not 16 hex digits"),
+                },
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = new_node_id();
+            let tmp = dir.join("node-id.tmp");
+            let mut f = std::fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+            writeln!(f, "{id:016x}").map_err(io_err("writing", &tmp))?;
+            // IMPORTANT: fsync the file, rename it into place, then fsync the directory, so a
+            // crash leaves either no id or the whole id, never a torn one.
+            f.sync_all().map_err(io_err("syncing", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err("renaming to", &path))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("syncing directory", dir))?;
+            Ok(id)
+        }
+        Err(e) => Err(io_err("reading", &path)(e)),
+    }
+}
+
+/// A random non-zero id from the std hasher's per-process random keys, the time and the pid.
+fn new_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_node_id(dir.path()).unwrap();
+        let b = load_or_create_node_id(dir.path()).unwrap();
+        assert_eq!(a, b);
+        std::fs::write(dir.path().join("node-id"), "zz").unwrap();
+        assert!(matches!(load_or_create_node_id(dir.path()), Err(NodeError::BadNodeId { .. })));
+    }
+
+    #[test]
+    fn data_dir_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        assert!(matches!(lock_data_dir(dir.path()), Err(NodeError::Locked { .. })));
+        drop(held);
+        lock_data_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn channel_matrix_connects_every_ordered_pair() {
+        let (s, r) = channel_matrix(3, 4);
+        for (from, row) in s.iter().enumerate() {
+            for (to, slot) in row.iter().enumerate() {
+                assert_eq!(slot.is_some(), from != to);
+            }
+        }
+        for (to, inbox) in r.iter().enumerate() {
+            let mut froms: Vec<usize> = inbox.iter().map(|(f, _)| *f).collect();
+            froms.sort();
+            assert_eq!(froms, (0..3).filter(|f| *f != to).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Client connections: the accept loop, the frame reader, and the batching response writer.
+//!
+//! Each connection has a reader (this task) and a writer task. The reader cuts frames from the
+//! byte stream, answers Ping and Topology at once and routes keyed requests; responses, from
+//! whichever task finishes them, are appended to the connection's output buffer and the writer
+//! sends everything buffered in one write, so a pipelining client gets its answers in batches.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use kvs_wire::frame::FrameError;
+use kvs_wire::limits::FRAME_HEADER_BYTES;
+use kvs_wire::msg::{self, AlignedVec};
+use kvs_wire::{ErrorCode, FrameHeader, Opcode};
+
+use super::notify::Notify;
+use super::{bump, ExecutorCtx};
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The sending side of one client connection, shared by every task answering on it.
+pub struct ConnOut {
+    buf: RefCell<Vec<u8>>,
+    /// Wakes the writer when `buf` has bytes or the connection is closing.
+    wake_writer: Notify,
+    closing: Cell<bool>,
+    /// Requests read but not yet answered.
+    inflight: Cell<usize>,
+    /// Wakes the reader when a request finishes (it may be waiting for room).
+    wake_reader: Notify,
+}
+
+impl ConnOut {
+    fn new() -> ConnOut {
+        ConnOut {
+            buf: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),
+            wake_writer: Notify::default(),
+            closing: Cell::new(false),
+            inflight: Cell::new(0),
+            wake_reader: Notify::default(),
+        }
+    }
+
+    /// Queues a complete response frame.
+    pub fn push_frame(&self, frame: &[u8]) {
+        self.buf.borrow_mut().extend_from_slice(frame);
+        self.wake_writer.notify();
+    }
+
+    /// Queues an error response.
+    pub fn push_error(&self, request_id: u64, code: ErrorCode, message: impl Into<String>) {
+        msg::write_error(&mut self.buf.borrow_mut(), request_id, code, message);
+        self.wake_writer.notify();
+    }
+
+    fn start_one(&self) {
+        self.inflight.set(self.inflight.get() + 1);
+    }
+
+    /// Marks one request as answered.
+    pub fn finish_one(&self) {
+        self.inflight.set(self.inflight.get().saturating_sub(1));
+        self.wake_reader.notify();
+    }
+}
+
+/// Accepts connections on `listener` until shutdown and serves each in its own task.
+pub async fn serve_listener(ctx: Rc<ExecutorCtx>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(executor = ctx.index, "accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        bump(&ctx.counters.connections);
+        if ctx.open_connections() >= ctx.settings.connections_max {
+            glommio::spawn_local(refuse(stream, ctx.settings.connections_max)).detach();
+            continue;
+        }
+        let id = ctx.next_conn.get();
+        ctx.next_conn.set(id + 1);
+        let stop = Rc::new(Notify::default());
+        ctx.conns.borrow_mut().insert(id, stop.clone());
+        let c = ctx.clone();
+        glommio::spawn_local(async move {
+            serve_connection(&c, stream, &stop).await;
+            c.conns.borrow_mut().remove(&id);
+            c.conn_closed.notify();
+        })
+        .detach();
+    }
+}
+
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let mut out = Vec::new();
+    msg::write_error(
+        &mut out,
+        0,
+        ErrorCode::Overloaded,
+        format!("too many connections (connections_max {max})"),
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+/// Serves one connection until the client closes it, it sends an unframeable byte, or shutdown.
+async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notify) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let out = Rc::new(ConnOut::new());
+    let writer = {
+        let out = out.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let bytes = std::mem::take(&mut *out.buf.borrow_mut());
+                if bytes.is_empty() {
+                    if out.closing.get() {
+                        break;
+                    }
+                    out.wake_writer.wait().await;
+                    continue;
+                }
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                // Give the buffer's allocation back for reuse when nothing was queued meanwhile.
+                let mut b = out.buf.borrow_mut();
+                if b.is_empty() {
+                    let mut bytes = bytes;
+                    bytes.clear();
+                    *b = bytes;
+                }
+            }
+            let _ = wr.close().await;
+        })
+    };
+
+    let body_max = ctx.settings.frame_body_bytes_max;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    'conn: loop {
+        // Cut every complete frame out of `buf`.
+        let mut start = 0;
+        while let Some(avail) = buf.get(start..) {
+            let header = match FrameHeader::decode(avail, body_max) {
+                Ok(h) => h,
+                Err(FrameError::Incomplete { .. }) => break,
+                Err(e) => {
+                    bump(&ctx.counters.invalid_frames);
+                    let (code, request_id) = match e {
+                        FrameError::TooLarge { .. } => (ErrorCode::TooLarge, request_id_of(avail)),
+                        _ => (ErrorCode::InvalidRequest, 0),
+                    };
+                    out.push_error(request_id, code, format!("{e}; closing connection"));
+                    break 'conn;
+                }
+            };
+            let total = FRAME_HEADER_BYTES + header.body_len as usize;
+            let Some(body_bytes) = avail.get(FRAME_HEADER_BYTES..total) else {
+                break;
+            };
+            let mut body = AlignedVec::<16>::with_capacity(body_bytes.len());
+            body.extend_from_slice(body_bytes);
+            start += total;
+            dispatch(ctx, header, body, &out);
+        }
+        if start > 0 {
+            buf.drain(..start);
+        }
+        // Bounded in-flight work: wait for room before reading more requests.
+        while out.inflight.get() >= ctx.settings.connection_inflight_max
+            && !ctx.shutdown.is_raised()
+        {
+            out.wake_reader.wait().await;
+        }
+        if ctx.shutdown.is_raised() {
+            break;
+        }
+        let read = futures_lite::future::or(async { Some(rd.read(&mut chunk).await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match read {
+            Some(Ok(0)) | None => break,
+            Some(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Some(Err(_)) => break,
+        }
+    }
+    // Answer what was read before closing: in-flight requests finish and are flushed.
+    while out.inflight.get() > 0 {
+        out.wake_reader.wait().await;
+    }
+    out.closing.set(true);
+    out.wake_writer.notify();
+    writer.await;
+}
+
+fn request_id_of(header: &[u8]) -> u64 {
+    header.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
+/// Answers or routes one frame read from a client.
+fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &Rc<ConnOut>) {
+    let id = header.request_id;
+    if header.response {
+        bump(&ctx.counters.invalid_frames);
+        out.push_error(id, ErrorCode::InvalidRequest, "a client sent a response frame");
+        return;
+    }
+    match header.opcode {
+        Opcode::Ping => {
+            msg::write_empty_frame(&mut out.buf.borrow_mut(), Opcode::Ping, true, id);
+            out.wake_writer.notify();
+        }
+        Opcode::Topology => {
+            let mut b = out.buf.borrow_mut();
+            if msg::write_frame(&mut b, Opcode::Topology, true, id, &*ctx.topology).is_err() {
+                msg::write_error(&mut b, id, ErrorCode::Internal, "cannot encode topology");
+            }
+            drop(b);
+            out.wake_writer.notify();
+        }
+        Opcode::Get | Opcode::Put | Opcode::Delete => {
+            out.start_one();
+            ctx.route(header.opcode, id, body, out.clone());
+        }
+        Opcode::Error => {
+            bump(&ctx.counters.invalid_frames);
+            out.push_error(id, ErrorCode::InvalidRequest, "a client sent an error frame");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Shared helpers for process tests: start a real `kvs server` on 127.0.0.1 with ephemeral
+//! ports, talk raw frames to it, run the CLI. A [`Server`] kills its process on drop; the data
+//! directory belongs to the test's `TempDir`, so a test can restart a server on the same data.
+#![allow(dead_code)]
+#![allow(clippy::disallowed_methods, reason = "test threads may sleep: they are not executors")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvs_wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
+use kvs_wire::msg::AlignedVec;
+use kvs_wire::FrameHeader;
+
+/// Path of the `kvs` binary under test.
+pub fn kvs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvs")
+}
+
+/// A running `kvs server` process.
+pub struct Server {
+    child: Option<Child>,
+    /// The node-level address, `127.0.0.1:PORT`.
+    pub addr: String,
+    pub shard_ports: Vec<u16>,
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server on ephemeral ports with `data_dir` and extra flags, and waits until it
+    /// prints its ready line (at most 60 s).
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(kvs_bin());
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kvs server");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let pipe = child.stderr.take().expect("stderr pipe");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        {
+            let pipe = child.stdout.take().expect("stdout pipe");
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.starts_with("kvs server ready:") {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not become ready; stderr:\n{}", stderr.lock().unwrap());
+            }
+        };
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
+        };
+        let addr = field("listen");
+        let shard_ports = field("shard_ports").split(',').map(|p| p.parse().unwrap()).collect();
+        Server { child: Some(child), addr, shard_ports, data_dir: data_dir.to_path_buf(), stderr }
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// `host:port` of shard `i`.
+    pub fn shard_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.shard_ports[i])
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (at most 30 s) for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("server did not stop within 30 s of SIGTERM; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the CLI with `args` (and optional stdin) and returns its output.
+pub fn kvs(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(kvs_bin())
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvs");
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().expect("kvs output")
+}
+
+/// A raw protocol connection for tests that send exact bytes.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads one frame; `None` when the server closed the connection.
+    pub fn recv(&mut self) -> Option<(FrameHeader, AlignedVec)> {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        if self.stream.read_exact(&mut header).is_err() {
+            return None;
+        }
+        let h =
+            FrameHeader::decode(&header, FRAME_BODY_BYTES_MAX).expect("server sent a bad header");
+        let mut body = vec![0u8; h.body_len as usize];
+        self.stream.read_exact(&mut body).expect("body");
+        let mut aligned = AlignedVec::new();
+        aligned.extend_from_slice(&body);
+        Some((h, aligned))
+    }
+}
+
+/// Runs `f` on a fresh glommio executor and returns its result.
+pub fn on_executor<T, F, Fut>(f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(f)
+        .expect("executor")
+        .join()
+        .expect("executor join")
+}

@@ -1,0 +1,409 @@
+//! One pipelined TCP connection to one (node, shard) port.
+//!
+//! A [`Conn`] owns two glommio tasks around one socket:
+//!
+//! - the writer task sleeps until requests have appended frames to the shared output buffer,
+//!   swaps that buffer with its own empty one (so everything queued since its last write goes
+//!   out in one `write_all`), writes it, and sleeps again;
+//! - the reader task reads into a buffer, cuts frames with [`FrameHeader::decode`]
+//!   (`Incomplete` means read more), copies each body into an [`AlignedVec`] and completes the
+//!   pending request with the same request id. Responses may come in any order.
+//!
+//! A request takes a permit of a semaphore sized `inflight_max_per_connection` before it
+//! registers, so the pending map and the output buffer hold at most that many requests; more
+//! requests wait for a permit (their attempt's timeout still runs).
+//!
+//! When either task fails (I/O error, end of stream, a frame that is not a valid response) the
+//! connection becomes dead: every pending request fails with the reason, waiting requests get
+//! the same error, and the client replaces the connection on its next use. Dropping a [`Conn`]
+//! fails its pending requests and cancels both tasks, which closes the socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use glommio::Task;
+
+use super::oneshot;
+use super::ClientError;
+use crate::frame::{FrameError, FrameHeader};
+use crate::limits::FRAME_HEADER_BYTES;
+use crate::msg::AlignedVec;
+
+/// Bytes the reader asks the socket for at a time (and keeps as its buffer between frames).
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// An output or input buffer grown beyond this by a large frame is released after use, so one
+/// big value does not pin memory for the life of the connection.
+const BUFFER_KEEP_BYTES_MAX: usize = 1024 * 1024;
+
+/// A response frame: its header and its body, copied to an 8-aligned buffer for `msg::access`.
+pub(crate) struct Frame {
+    pub(crate) header: FrameHeader,
+    pub(crate) body: AlignedVec,
+}
+
+/// Why a connection died. Kept as plain data so each pending request gets its own error.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    Io(io::ErrorKind, String),
+    Protocol(String),
+}
+
+impl Failure {
+    pub(crate) fn to_error(&self, addr: &str) -> ClientError {
+        match self {
+            Failure::Io(kind, msg) => ClientError::Io {
+                addr: addr.to_string(),
+                source: io::Error::new(*kind, msg.clone()),
+            },
+            Failure::Protocol(msg) => ClientError::Protocol(format!("{addr}: {msg}")),
+        }
+    }
+
+    fn from_io(e: &io::Error) -> Failure {
+        Failure::Io(e.kind(), e.to_string())
+    }
+}
+
+type Reply = Result<Frame, ClientError>;
+
+/// State shared by the connection's tasks and the requests using it.
+pub(crate) struct Shared {
+    addr: String,
+    /// Request id -> the request waiting for its response. At most `inflight_max` entries.
+    pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Frames queued for the writer, appended back to back.
+    out: RefCell<Vec<u8>>,
+    writer_waker: Cell<Option<Waker>>,
+    /// Set once, when the connection dies.
+    dead: RefCell<Option<Failure>>,
+    /// Bounds requests in flight on this connection.
+    permits: Semaphore,
+    frame_body_bytes_max: u32,
+}
+
+impl Shared {
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.borrow().is_some()
+    }
+
+    fn dead_error(&self) -> Option<ClientError> {
+        self.dead.borrow().as_ref().map(|f| f.to_error(&self.addr))
+    }
+
+    /// Marks the connection dead (first reason wins) and fails everything waiting on it.
+    pub(crate) fn fail(&self, failure: Failure) {
+        {
+            let mut dead = self.dead.borrow_mut();
+            if dead.is_none() {
+                *dead = Some(failure.clone());
+            }
+        }
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        for (_, tx) in pending {
+            tx.send(Err(failure.to_error(&self.addr)));
+        }
+        self.out.borrow_mut().clear();
+        self.permits.close();
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Hands a response to the request waiting for `header.request_id`. A response nobody waits
+    /// for (its request timed out or was dropped) is discarded.
+    fn complete(&self, frame: Frame) {
+        let tx = self.pending.borrow_mut().remove(&frame.header.request_id);
+        if let Some(tx) = tx {
+            tx.send(Ok(frame));
+        }
+    }
+
+    /// Sends one request and waits for its response: takes a permit, registers `id`, lets
+    /// `encode` append the frame to the output buffer and wakes the writer.
+    pub(crate) async fn call(
+        &self,
+        id: u64,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), ClientError>,
+    ) -> Result<Frame, ClientError> {
+        if let Some(e) = self.dead_error() {
+            return Err(e);
+        }
+        let Ok(_permit) = self.permits.acquire_permit(1).await else {
+            return Err(self.dead_error().unwrap_or_else(|| closed_error(&self.addr)));
+        };
+        if let Some(e) = self.dead_error() {
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.pending.borrow_mut().insert(id, tx).is_some() {
+            // Ids come from a per-client u64 counter: a duplicate means 2^64 requests wrapped
+            // around onto one still pending, which cannot happen in practice.
+            return Err(ClientError::Protocol(format!("request id {id} already in flight")));
+        }
+        let guard = PendingGuard { shared: self, id };
+        encode(&mut self.out.borrow_mut())?;
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+        let reply = rx.await;
+        drop(guard);
+        match reply {
+            Ok(r) => r,
+            Err(oneshot::Canceled) => {
+                Err(self.dead_error().unwrap_or_else(|| closed_error(&self.addr)))
+            }
+        }
+    }
+
+    /// The writer waits here for queued frames; swaps them into `spare`. `false` = dead.
+    fn poll_batch(&self, cx: &mut Context<'_>, spare: &mut Vec<u8>) -> Poll<bool> {
+        if self.is_dead() {
+            return Poll::Ready(false);
+        }
+        let mut out = self.out.borrow_mut();
+        if out.is_empty() {
+            self.writer_waker.set(Some(cx.waker().clone()));
+            return Poll::Pending;
+        }
+        std::mem::swap(&mut *out, spare);
+        Poll::Ready(true)
+    }
+}
+
+fn closed_error(addr: &str) -> ClientError {
+    ClientError::Io {
+        addr: addr.to_string(),
+        source: io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed"),
+    }
+}
+
+/// Removes a request's pending entry when the request ends for any reason (answered, timed
+/// out, dropped), so the map never holds abandoned requests.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.shared.pending.try_borrow_mut() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+/// A live connection: the shared state plus the two tasks that move its bytes.
+pub(crate) struct Conn {
+    pub(crate) shared: Rc<Shared>,
+    tasks: RefCell<Vec<Task<()>>>,
+}
+
+impl Conn {
+    /// Connects to `addr` (`host:port`), sets TCP_NODELAY and starts the reader and writer.
+    pub(crate) async fn connect(
+        addr: &str,
+        connect_timeout: Duration,
+        inflight_max: usize,
+        frame_body_bytes_max: u32,
+    ) -> Result<Conn, ClientError> {
+        let io_err = |source: io::Error| ClientError::Io { addr: addr.to_string(), source };
+        let sock_addr = resolve(addr).map_err(io_err)?;
+        let stream = TcpStream::connect_timeout(sock_addr, connect_timeout)
+            .await
+            .map_err(|e| io_err(e.into()))?;
+        stream.set_nodelay(true).map_err(|e| io_err(e.into()))?;
+        let stream = Rc::new(RefCell::new(stream));
+        let shared = Rc::new(Shared {
+            addr: addr.to_string(),
+            pending: RefCell::new(HashMap::new()),
+            out: RefCell::new(Vec::new()),
+            writer_waker: Cell::new(None),
+            dead: RefCell::new(None),
+            permits: Semaphore::new(u64::try_from(inflight_max).unwrap_or(u64::MAX)),
+            frame_body_bytes_max,
+        });
+        let writer = glommio::spawn_local(writer_task(shared.clone(), Half(stream.clone())));
+        let reader = glommio::spawn_local(reader_task(shared.clone(), Half(stream)));
+        Ok(Conn { shared, tasks: RefCell::new(vec![writer, reader]) })
+    }
+
+    /// Fails pending requests with `why` and stops both tasks, waiting for them to end.
+    pub(crate) async fn shutdown(&self, why: Failure) {
+        self.shared.fail(why);
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        for t in tasks {
+            t.cancel().await;
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared
+            .fail(Failure::Io(io::ErrorKind::ConnectionAborted, "connection dropped".to_string()));
+        // The tasks are dropped with `self.tasks`, which cancels them and closes the socket.
+    }
+}
+
+/// Parses `host:port`. IP literals never block; a host name goes through the system resolver,
+/// which can block the executor while it runs (use IP addresses on hot paths).
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    addr.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("address {addr} resolves to nothing"))
+    })
+}
+
+/// One direction of the socket. glommio's stream keeps separate readiness sources for reading
+/// and writing, so the reader and the writer can each have an operation outstanding; the
+/// `RefCell` is borrowed only for the duration of one synchronous `poll_*` call.
+struct Half(Rc<RefCell<TcpStream>>);
+
+fn busy() -> io::Error {
+    io::Error::other("socket borrowed twice (bug)")
+}
+
+impl AsyncRead for Half {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_read(cx, buf),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+}
+
+impl AsyncWrite for Half {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_write(cx, buf),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_flush(cx),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_close(cx),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+}
+
+async fn writer_task(shared: Rc<Shared>, mut sink: Half) {
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        let live = futures_lite::future::poll_fn(|cx| shared.poll_batch(cx, &mut batch)).await;
+        if !live {
+            return;
+        }
+        if let Err(e) = sink.write_all(&batch).await {
+            shared.fail(Failure::from_io(&e));
+            return;
+        }
+        batch.clear();
+        if batch.capacity() > BUFFER_KEEP_BYTES_MAX {
+            batch = Vec::new();
+        }
+    }
+}
+
+async fn reader_task(shared: Rc<Shared>, mut source: Half) {
+    let failure = read_loop(&shared, &mut source).await;
+    shared.fail(failure);
+}
+
+/// Reads and dispatches frames until the connection fails; returns why.
+async fn read_loop(shared: &Shared, source: &mut Half) -> Failure {
+    // buf[start..filled] holds bytes read but not yet cut into frames.
+    let mut buf: Vec<u8> = vec![0; READ_CHUNK_BYTES];
+    let mut start = 0usize;
+    let mut filled = 0usize;
+    loop {
+        // Cut every complete frame out of the buffer.
+        let mut frame_bytes_needed = FRAME_HEADER_BYTES;
+        loop {
+            let avail = buf.get(start..filled).unwrap_or(&[]);
+            let header = match FrameHeader::decode(avail, shared.frame_body_bytes_max) {
+                Ok(h) => h,
+                Err(FrameError::Incomplete { .. }) => break,
+                Err(e) => return Failure::Protocol(format!("bad frame from server: {e}")),
+            };
+            if !header.response {
+                return Failure::Protocol(format!(
+                    "server sent a request frame ({:?}, id {})",
+                    header.opcode, header.request_id
+                ));
+            }
+            let total = FRAME_HEADER_BYTES + header.body_len as usize;
+            let Some(body) = avail.get(FRAME_HEADER_BYTES..total) else {
+                frame_bytes_needed = total;
+                break;
+            };
+            let mut aligned = AlignedVec::with_capacity(body.len());
+            aligned.extend_from_slice(body);
+            start += total;
+            shared.complete(Frame { header, body: aligned });
+        }
+        // Move the partial frame to the front, and make room for the whole of it.
+        if start > 0 {
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+            start = 0;
+        }
+        if frame_bytes_needed > buf.len() {
+            buf.resize(frame_bytes_needed, 0);
+        } else if buf.len() > BUFFER_KEEP_BYTES_MAX
+            && filled <= READ_CHUNK_BYTES
+            && frame_bytes_needed <= READ_CHUNK_BYTES
+        {
+            buf.truncate(READ_CHUNK_BYTES);
+            buf.shrink_to_fit();
+        }
+        if filled == buf.len() {
+            // Cannot happen: a partial frame is smaller than the frame it belongs to.
+            buf.resize(filled + READ_CHUNK_BYTES, 0);
+        }
+        let Some(space) = buf.get_mut(filled..) else {
+            return Failure::Protocol("reader buffer out of bounds (bug)".to_string());
+        };
+        match source.read(space).await {
+            Ok(0) => {
+                return Failure::Io(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the server".to_string(),
+                )
+            }
+            Ok(n) => filled += n,
+            Err(e) => return Failure::from_io(&e),
+        }
+    }
+}

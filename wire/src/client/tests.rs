@@ -1,0 +1,702 @@
+//! Goal: the client's routing, pipelining, timeouts, retries and its handling of bad servers.
+//!
+//! Method: each test runs one glommio executor holding both the client and a fake node: one or
+//! more `TcpListener`s on 127.0.0.1:0 that answer Topology with a topology pointing at
+//! themselves, keep puts in a `HashMap`, and misbehave on demand (answer in reverse order,
+//! never answer, close the connection, send garbage, send error frames). Shard listeners
+//! refuse keys that `shard_of` does not map to them, so a successful request proves routing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::LocalExecutorBuilder;
+
+use super::*;
+use crate::frame::{FrameError, FrameHeader};
+use crate::msg::{ArchivedDeleteRequest, ArchivedGetRequest, ArchivedPutRequest};
+use crate::placement::vnode_tokens;
+
+/// Runs `make()` to completion on a fresh glommio executor.
+fn run<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::default()
+        .spawn(make)
+        .expect("spawn executor")
+        .join()
+        .expect("executor thread");
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// Hold data responses until this many are held, then send them newest first.
+    Reverse(usize),
+    /// Never answer data requests.
+    Silent,
+    /// Answer data requests with bytes that are not a frame.
+    Garbage,
+    /// Answer with a valid header and a body that is not an archive.
+    BadBody,
+    /// Answer a get with a Put response.
+    WrongOpcode,
+}
+
+/// A listener's part: the node-level port (takes any key) or shard `index` of `count`.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Node,
+    Shard { index: u16, count: u16 },
+}
+
+enum Action {
+    /// A well-formed response (held back in Reverse mode when `data`).
+    Reply {
+        bytes: Vec<u8>,
+        data: bool,
+    },
+    Raw(Vec<u8>),
+    Silent,
+    Close,
+}
+
+type Store = HashMap<Vec<u8>, (Vec<u8>, Stamp)>;
+
+struct State {
+    store: RefCell<Store>,
+    hlc: Cell<u64>,
+    mode: Cell<Mode>,
+    /// Close the connection instead of answering the next this-many data requests.
+    closes_left: Cell<u32>,
+    accepts: Cell<usize>,
+    /// Data requests received per listener port.
+    data_requests: RefCell<HashMap<u16, usize>>,
+    /// Most request frames cut out of a single read.
+    frames_per_read_max: Cell<usize>,
+    topo: RefCell<TopologyResponse>,
+    /// Raw bytes to answer the next data request with, overriding `mode`.
+    next_raw: RefCell<Option<Vec<u8>>>,
+}
+
+impl State {
+    fn data_total(&self) -> usize {
+        self.data_requests.borrow().values().sum()
+    }
+
+    fn data_at(&self, port: u16) -> usize {
+        self.data_requests.borrow().get(&port).copied().unwrap_or(0)
+    }
+
+    fn handle(&self, port: u16, role: Role, h: FrameHeader, body: &AlignedVec) -> Action {
+        let id = h.request_id;
+        let mut out = Vec::new();
+        match h.opcode {
+            Opcode::Topology => {
+                msg::write_frame(&mut out, Opcode::Topology, true, id, &*self.topo.borrow())
+                    .unwrap();
+                return Action::Reply { bytes: out, data: false };
+            }
+            Opcode::Ping => {
+                msg::write_empty_frame(&mut out, Opcode::Ping, true, id);
+                return Action::Reply { bytes: out, data: false };
+            }
+            _ => {}
+        }
+        *self.data_requests.borrow_mut().entry(port).or_insert(0) += 1;
+        if self.closes_left.get() > 0 {
+            self.closes_left.set(self.closes_left.get() - 1);
+            return Action::Close;
+        }
+        if let Some(raw) = self.next_raw.borrow_mut().take() {
+            return Action::Raw(raw);
+        }
+        match self.mode.get() {
+            Mode::Silent => return Action::Silent,
+            Mode::Garbage => {
+                return Action::Raw(b"HTTP/1.1 400 Bad Request\r\n\r\nnot a kvs frame".to_vec())
+            }
+            Mode::BadBody => {
+                let mut raw = FrameHeader::response(h.opcode, id, 16).encode().to_vec();
+                raw.extend_from_slice(&[0xAB; 16]);
+                return Action::Raw(raw);
+            }
+            Mode::WrongOpcode => {
+                let resp = WriteResponse { stamp: Stamp::default() };
+                msg::write_frame(&mut out, Opcode::Put, true, id, &resp).unwrap();
+                return Action::Raw(out);
+            }
+            Mode::Normal | Mode::Reverse(_) => {}
+        }
+        let key: Vec<u8> = match h.opcode {
+            Opcode::Get => msg::access::<ArchivedGetRequest>(body).unwrap().key.as_slice().to_vec(),
+            Opcode::Put => msg::access::<ArchivedPutRequest>(body).unwrap().key.as_slice().to_vec(),
+            Opcode::Delete => {
+                msg::access::<ArchivedDeleteRequest>(body).unwrap().key.as_slice().to_vec()
+            }
+            other => panic!("unexpected opcode {other:?}"),
+        };
+        let error = if key.starts_with(b"bad") {
+            Some(ErrorCode::InvalidRequest)
+        } else if key.starts_with(b"busy") {
+            Some(ErrorCode::Overloaded)
+        } else if let Role::Shard { index, count } = role {
+            (shard_of(token_of(&key), count).0 != index).then_some(ErrorCode::InvalidRequest)
+        } else {
+            None
+        };
+        if let Some(code) = error {
+            msg::write_error(
+                &mut out,
+                id,
+                code,
+                format!("refused key {}", String::from_utf8_lossy(&key)),
+            );
+            return Action::Reply { bytes: out, data: true };
+        }
+        self.hlc.set(self.hlc.get() + 1);
+        let stamp = Stamp { hlc: self.hlc.get(), node: 1 };
+        match h.opcode {
+            Opcode::Get => {
+                let found = self.store.borrow().get(&key).cloned();
+                let resp = GetResponse {
+                    value: found.as_ref().map(|f| f.0.clone()),
+                    stamp: found.map(|f| f.1),
+                };
+                msg::write_frame(&mut out, Opcode::Get, true, id, &resp).unwrap();
+            }
+            Opcode::Put => {
+                let a = msg::access::<ArchivedPutRequest>(body).unwrap();
+                self.store.borrow_mut().insert(key, (a.value.as_slice().to_vec(), stamp));
+                msg::write_frame(&mut out, Opcode::Put, true, id, &WriteResponse { stamp })
+                    .unwrap();
+            }
+            _ => {
+                self.store.borrow_mut().remove(&key);
+                msg::write_frame(&mut out, Opcode::Delete, true, id, &WriteResponse { stamp })
+                    .unwrap();
+            }
+        }
+        Action::Reply { bytes: out, data: true }
+    }
+}
+
+async fn serve(state: Rc<State>, listener: TcpListener, role: Role) {
+    let port = listener.local_addr().unwrap().port();
+    while let Ok(stream) = listener.accept().await {
+        state.accepts.set(state.accepts.get() + 1);
+        glommio::spawn_local(serve_conn(state.clone(), stream, port, role)).detach();
+    }
+}
+
+async fn serve_conn(state: Rc<State>, mut stream: TcpStream, port: u16, role: Role) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut frames = 0;
+        loop {
+            let h = match FrameHeader::decode(&buf, FRAME_BODY_BYTES_MAX) {
+                Ok(h) => h,
+                Err(FrameError::Incomplete { .. }) => break,
+                Err(e) => panic!("client sent a bad frame: {e}"),
+            };
+            let total = FRAME_HEADER_BYTES + h.body_len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let mut body = AlignedVec::new();
+            body.extend_from_slice(&buf[FRAME_HEADER_BYTES..total]);
+            buf.drain(..total);
+            frames += 1;
+            match state.handle(port, role, h, &body) {
+                Action::Reply { bytes, data: true } => {
+                    if let Mode::Reverse(k) = state.mode.get() {
+                        held.push(bytes);
+                        if held.len() >= k {
+                            for r in held.drain(..).rev() {
+                                out.extend_from_slice(&r);
+                            }
+                        }
+                    } else {
+                        out.extend_from_slice(&bytes);
+                    }
+                }
+                Action::Reply { bytes, data: false } | Action::Raw(bytes) => {
+                    out.extend_from_slice(&bytes)
+                }
+                Action::Silent => {}
+                Action::Close => return,
+            }
+        }
+        state.frames_per_read_max.set(state.frames_per_read_max.get().max(frames));
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A fake node: `node_port` answers anything; `shard_ports` check that keys belong to them.
+struct Fake {
+    state: Rc<State>,
+    node_port: u16,
+    shard_ports: Vec<u16>,
+}
+
+impl Fake {
+    /// One listener that is both the node-level port and every one of `shards` shard ports.
+    fn single(shards: usize) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = Fake::with_ports(port, vec![port; shards]);
+        glommio::spawn_local(serve(fake.state.clone(), listener, Role::Node)).detach();
+        fake
+    }
+
+    /// A node-level listener plus one listener per shard.
+    fn sharded(shards: u16) -> Fake {
+        let node = TcpListener::bind("127.0.0.1:0").unwrap();
+        let node_port = node.local_addr().unwrap().port();
+        let mut shard_listeners = Vec::new();
+        for _ in 0..shards {
+            shard_listeners.push(TcpListener::bind("127.0.0.1:0").unwrap());
+        }
+        let ports = shard_listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let fake = Fake::with_ports(node_port, ports);
+        glommio::spawn_local(serve(fake.state.clone(), node, Role::Node)).detach();
+        for (index, l) in (0u16..).zip(shard_listeners) {
+            glommio::spawn_local(serve(
+                fake.state.clone(),
+                l,
+                Role::Shard { index, count: shards },
+            ))
+            .detach();
+        }
+        fake
+    }
+
+    fn with_ports(node_port: u16, shard_ports: Vec<u16>) -> Fake {
+        let topo = TopologyResponse {
+            version: 1,
+            self_id: 1,
+            replication_factor: 1,
+            nodes: vec![NodeInfo {
+                id: 1,
+                addr: format!("127.0.0.1:{node_port}"),
+                shard_ports: shard_ports.clone(),
+                tokens: vnode_tokens(NodeId(1), 16).into_iter().map(|t| t.0).collect(),
+            }],
+        };
+        let state = Rc::new(State {
+            store: RefCell::new(HashMap::new()),
+            hlc: Cell::new(0),
+            mode: Cell::new(Mode::Normal),
+            closes_left: Cell::new(0),
+            accepts: Cell::new(0),
+            data_requests: RefCell::new(HashMap::new()),
+            frames_per_read_max: Cell::new(0),
+            topo: RefCell::new(topo),
+            next_raw: RefCell::new(None),
+        });
+        Fake { state, node_port, shard_ports }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.node_port)
+    }
+
+    async fn client(&self, opts: ClientOptions) -> Client {
+        Client::connect(&self.addr(), opts).await.unwrap()
+    }
+}
+
+fn quick() -> ClientOptions {
+    ClientOptions { request_timeout: Duration::from_millis(500), ..ClientOptions::default() }
+}
+
+#[test]
+fn round_trip() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        assert_eq!(c.topology(), *fake.state.topo.borrow());
+        c.ping().await.unwrap();
+        assert_eq!(c.get(b"k").await.unwrap(), None);
+        let s1 = c.put(b"k", b"v1").await.unwrap();
+        let (v, s) = c.get(b"k").await.unwrap().unwrap();
+        assert_eq!((v.as_slice(), s), (&b"v1"[..], s1));
+        let s2 = c.put(b"k", &vec![7u8; 300_000]).await.unwrap();
+        assert!(s2 > s1);
+        assert_eq!(c.get(b"k").await.unwrap().unwrap().0, vec![7u8; 300_000]);
+        let s3 = c.delete(b"k").await.unwrap();
+        assert!(s3 > s2);
+        assert_eq!(c.get(b"k").await.unwrap(), None);
+        c.refresh_topology().await.unwrap();
+        assert_eq!(fake.state.accepts.get(), 1, "topology, ping and data share one connection");
+        c.close().await;
+        assert!(matches!(c.get(b"k").await, Err(ClientError::Io { .. })));
+    });
+}
+
+#[test]
+fn pipelines_200_concurrent_requests_on_one_connection() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        let tasks: Vec<_> = (0..200u32)
+            .map(|i| {
+                let c = c.clone();
+                glommio::spawn_local(async move {
+                    let key = format!("key-{i}");
+                    let value = format!("value-{i}").repeat(i as usize % 7 + 1);
+                    let stamp = c.put(key.as_bytes(), value.as_bytes()).await.unwrap();
+                    let (got, got_stamp) = c.get(key.as_bytes()).await.unwrap().unwrap();
+                    assert_eq!(got, value.as_bytes());
+                    assert_eq!(got_stamp, stamp);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        assert_eq!(fake.state.data_total(), 400);
+        assert_eq!(fake.state.accepts.get(), 1, "one connection for everything");
+        assert!(
+            fake.state.frames_per_read_max.get() > 1,
+            "requests should be batched into shared writes"
+        );
+    });
+}
+
+#[test]
+fn out_of_order_responses_are_matched_by_id() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        for i in 0..10 {
+            c.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+        }
+        fake.state.mode.set(Mode::Reverse(10));
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let c = c.clone();
+                glommio::spawn_local(async move {
+                    let got = c.get(format!("k{i}").as_bytes()).await.unwrap().unwrap().0;
+                    assert_eq!(got, format!("v{i}").into_bytes());
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+    });
+}
+
+#[test]
+fn timeout_fires_on_a_silent_server() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let opts =
+            ClientOptions { request_timeout: Duration::from_millis(100), retries: 0, ..quick() };
+        let c = fake.client(opts).await;
+        fake.state.mode.set(Mode::Silent);
+        let t0 = Instant::now();
+        let err = c.get(b"k").await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Timeout { after } if after == Duration::from_millis(100)),
+            "{err}"
+        );
+        assert_eq!(err.code(), ErrorCode::Timeout);
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+
+        // Timeouts are retried: one more attempt, after a backoff.
+        let opts =
+            ClientOptions { request_timeout: Duration::from_millis(100), retries: 1, ..quick() };
+        let c = fake.client(opts).await;
+        let before = fake.state.data_total();
+        let t0 = Instant::now();
+        assert!(matches!(c.put(b"k", b"v").await, Err(ClientError::Timeout { .. })));
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        assert_eq!(fake.state.data_total() - before, 2);
+    });
+}
+
+#[test]
+fn inflight_bound_makes_requests_wait() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let opts = ClientOptions {
+            request_timeout: Duration::from_millis(150),
+            retries: 0,
+            inflight_max_per_connection: 2,
+            ..quick()
+        };
+        let c = fake.client(opts).await;
+        fake.state.mode.set(Mode::Silent);
+        let tasks: Vec<_> = (0..5)
+            .map(|i| {
+                let c = c.clone();
+                glommio::spawn_local(async move { c.get(format!("k{i}").as_bytes()).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(matches!(t.await, Err(ClientError::Timeout { .. })));
+        }
+        assert_eq!(fake.state.data_total(), 2, "only two requests may be in flight");
+        // The slots are free again once the requests gave up.
+        fake.state.mode.set(Mode::Normal);
+        c.put(b"k", b"v").await.unwrap();
+    });
+}
+
+#[test]
+fn server_error_frames_surface_with_their_code() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        let err = c.put(b"bad-key", b"v").await.unwrap_err();
+        match &err {
+            ClientError::Server { code, message } => {
+                assert_eq!(*code, ErrorCode::InvalidRequest);
+                assert!(message.contains("bad-key"), "{message}");
+            }
+            other => panic!("expected a server error, got {other:?}"),
+        }
+        assert_eq!(err.code(), ErrorCode::InvalidRequest);
+        assert_eq!(fake.state.data_total(), 1, "InvalidRequest is not retried");
+
+        let err = c.get(b"busy-key").await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Overloaded);
+        assert_eq!(fake.state.data_total(), 1 + 3, "Overloaded is retried twice");
+
+        // An error frame with an empty body (the server's fallback) still maps to a code.
+        let mut raw = Vec::new();
+        msg::write_empty_frame(&mut raw, Opcode::Error, true, c.inner.next_id.get());
+        *fake.state.next_raw.borrow_mut() = Some(raw);
+        assert_eq!(c.get(b"k").await.unwrap_err().code(), ErrorCode::Internal);
+        assert_eq!(fake.state.accepts.get(), 1, "error frames leave the connection up");
+    });
+}
+
+#[test]
+fn closed_connection_fails_then_reconnects() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(ClientOptions { retries: 0, ..quick() }).await;
+        fake.state.closes_left.set(1);
+        let err = c.put(b"k", b"v").await.unwrap_err();
+        assert!(matches!(err, ClientError::Io { .. }), "{err}");
+        assert_eq!(err.code(), ErrorCode::Unavailable);
+        c.put(b"k", b"v").await.unwrap();
+        assert_eq!(fake.state.accepts.get(), 2);
+
+        // With retries the caller never sees the closed connection.
+        let c = fake.client(quick()).await;
+        fake.state.closes_left.set(2);
+        c.put(b"k", b"v2").await.unwrap();
+        assert_eq!(c.get(b"k").await.unwrap().unwrap().0, b"v2");
+    });
+}
+
+#[test]
+fn every_pending_request_fails_when_the_connection_dies() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let opts = ClientOptions { request_timeout: Duration::from_secs(5), retries: 0, ..quick() };
+        let c = fake.client(opts).await;
+        fake.state.mode.set(Mode::Silent);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let c = c.clone();
+                glommio::spawn_local(async move { c.get(format!("k{i}").as_bytes()).await })
+            })
+            .collect();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        fake.state.mode.set(Mode::Normal);
+        fake.state.closes_left.set(1);
+        let t0 = Instant::now();
+        // This request makes the server drop the connection with the 20 silent ones on it.
+        assert!(matches!(c.get(b"x").await, Err(ClientError::Io { .. })));
+        for t in tasks {
+            assert!(matches!(t.await, Err(ClientError::Io { .. })));
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "failed at once, not by timeout");
+        c.get(b"k").await.unwrap();
+    });
+}
+
+#[test]
+fn garbage_from_the_server_is_an_error_not_a_panic() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        for mode in [Mode::Garbage, Mode::BadBody, Mode::WrongOpcode] {
+            fake.state.mode.set(mode);
+            let err = c.get(b"k").await.unwrap_err();
+            assert!(
+                matches!(err, ClientError::Protocol(_) | ClientError::Io { .. }),
+                "{mode:?}: {err}"
+            );
+            fake.state.mode.set(Mode::Normal);
+            c.put(b"k", b"v").await.unwrap();
+        }
+
+        // Random bytes, and random bodies behind valid headers, in many shapes.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut protocol_errors = 0;
+        for round in 0..60 {
+            let opts = ClientOptions {
+                request_timeout: Duration::from_millis(200),
+                retries: 0,
+                ..quick()
+            };
+            let c2 = fake.client(ClientOptions { frame_body_bytes_max: 1 << 20, ..opts }).await;
+            let id = c2.inner.next_id.get();
+            let len = rng.gen_range(0..200);
+            let body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let raw = match round % 3 {
+                0 => body,
+                1 => {
+                    let op = [Opcode::Get, Opcode::Error, Opcode::Put][rng.gen_range(0..3)];
+                    let mut raw = FrameHeader::response(op, id, len as u32).encode().to_vec();
+                    raw.extend_from_slice(&body);
+                    raw
+                }
+                _ => {
+                    // A header that claims more than the client accepts.
+                    FrameHeader::response(Opcode::Get, id, FRAME_BODY_BYTES_MAX).encode().to_vec()
+                }
+            };
+            *fake.state.next_raw.borrow_mut() = Some(raw);
+            match c2.get(b"k").await {
+                Err(ClientError::Protocol(_)) => protocol_errors += 1,
+                Err(
+                    ClientError::Io { .. }
+                    | ClientError::Timeout { .. }
+                    | ClientError::Server { .. },
+                ) => {}
+                Ok(v) => panic!("round {round}: garbage read as a value: {v:?}"),
+                Err(e) => panic!("round {round}: unexpected error {e}"),
+            }
+            c2.close().await;
+        }
+        assert!(protocol_errors > 50, "garbage is reported as such: {protocol_errors}/60");
+        c.get(b"k").await.unwrap();
+    });
+}
+
+#[test]
+fn route_agrees_with_placement_and_requests_land_on_the_owning_shard() {
+    run(|| async {
+        let fake = Fake::sharded(3);
+        let c = fake.client(quick()).await;
+        for i in 0..300 {
+            let key = format!("user:{i}");
+            let shard = shard_of(token_of(key.as_bytes()), 3).0;
+            let port = fake.shard_ports[usize::from(shard)];
+            assert_eq!(c.route(key.as_bytes()), (format!("127.0.0.1:{port}"), shard));
+        }
+        // Shard listeners refuse foreign keys, so success proves every request was routed right.
+        for i in 0..300 {
+            c.put(format!("user:{i}").as_bytes(), b"v").await.unwrap();
+        }
+        assert_eq!(fake.state.data_at(fake.node_port), 0);
+        for p in &fake.shard_ports {
+            assert!(fake.state.data_at(*p) > 50, "keys spread over shards");
+        }
+        c.ping().await.unwrap();
+
+        // Not shard-aware: everything goes to the node-level port.
+        let plain = fake.client(ClientOptions { shard_aware: false, ..quick() }).await;
+        let before: Vec<usize> = fake.shard_ports.iter().map(|p| fake.state.data_at(*p)).collect();
+        for i in 0..50 {
+            let key = format!("user:{i}");
+            assert_eq!(plain.get(key.as_bytes()).await.unwrap().unwrap().0, b"v");
+            let (addr, shard) = plain.route(key.as_bytes());
+            assert_eq!((addr, shard), (fake.addr(), shard_of(token_of(key.as_bytes()), 3).0));
+        }
+        let after: Vec<usize> = fake.shard_ports.iter().map(|p| fake.state.data_at(*p)).collect();
+        assert_eq!(before, after);
+        assert_eq!(fake.state.data_at(fake.node_port), 50);
+    });
+}
+
+#[test]
+fn falls_back_to_the_next_replica_when_the_primary_is_down() {
+    run(|| async {
+        let fake = Fake::sharded(2);
+        // A second node, listed first, whose ports refuse connections.
+        let dead_port =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        {
+            let mut topo = fake.state.topo.borrow_mut();
+            topo.replication_factor = 2;
+            topo.nodes.insert(
+                0,
+                NodeInfo {
+                    id: 2,
+                    addr: format!("127.0.0.1:{dead_port}"),
+                    shard_ports: vec![dead_port, dead_port],
+                    tokens: vnode_tokens(NodeId(2), 16).into_iter().map(|t| t.0).collect(),
+                },
+            );
+        }
+        let c = fake.client(quick()).await;
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| c.route(k.as_bytes()).0 == format!("127.0.0.1:{dead_port}"))
+            .unwrap();
+        c.put(key.as_bytes(), b"v").await.unwrap();
+        assert_eq!(c.get(key.as_bytes()).await.unwrap().unwrap().0, b"v");
+
+        let no_retry = fake.client(ClientOptions { retries: 0, ..quick() }).await;
+        let err = no_retry.get(key.as_bytes()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Io { .. }), "{err}");
+    });
+}
+
+#[test]
+fn empty_topology_and_bad_options_are_reported() {
+    run(|| async {
+        let fake = Fake::single(1);
+        fake.state.topo.borrow_mut().nodes.clear();
+        let c = fake.client(quick()).await;
+        assert!(matches!(c.get(b"k").await, Err(ClientError::NoNodes)));
+        assert_eq!(c.route(b"k"), (fake.addr(), 0));
+        c.ping().await.unwrap();
+
+        let err = Client::connect(
+            &fake.addr(),
+            ClientOptions { inflight_max_per_connection: 0, ..quick() },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ClientError::InvalidOptions(_)));
+        let dead_port =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = Client::connect(&format!("127.0.0.1:{dead_port}"), quick()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Io { .. }), "{err}");
+    });
+}
+
+#[test]
+fn host_of_splits_addresses() {
+    assert_eq!(host_of("127.0.0.1:7000"), "127.0.0.1");
+    assert_eq!(host_of("[::1]:7000"), "[::1]");
+    assert_eq!(host_of("[::1]"), "[::1]");
+    assert_eq!(host_of("localhost"), "localhost");
+    assert_eq!(host_of("db.example:1"), "db.example");
+}

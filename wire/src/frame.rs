@@ -1,0 +1,214 @@
+//! The frame header and the codec that cuts a byte stream into frames.
+//!
+//! ## Format
+//! See the crate docs: a 24-byte little-endian header (magic, version, opcode, flags,
+//! request id, body length, reserved) followed by the body.
+//!
+//! Decoding tells [`FrameError::Incomplete`] (read more bytes) from the invalid cases (close the
+//! connection after answering with an error frame): the reader never guesses where a frame
+//! starts after garbage.
+
+use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
+
+/// "KVS1" as a little-endian u32.
+pub const MAGIC: u32 = 0x4B56_5331;
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bit set in the opcode of every response.
+pub const RESPONSE_BIT: u8 = 0x80;
+
+/// What a frame is. Responses carry the request's opcode with [`RESPONSE_BIT`] set, or
+/// [`Opcode::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    /// No-op that touches no storage: the ceiling of the network path. Empty body.
+    Ping = 1,
+    /// The node's topology: ids, shard ports, tokens. Empty request body.
+    Topology = 2,
+    /// Read one key.
+    Get = 3,
+    /// Write one key.
+    Put = 4,
+    /// Delete one key (writes a tombstone).
+    Delete = 5,
+    /// An error response; body is an `ErrorResponse`.
+    Error = 0x7F,
+}
+
+impl Opcode {
+    /// Decodes the low 7 bits of an opcode byte.
+    pub fn from_u8(v: u8) -> Option<Opcode> {
+        match v & !RESPONSE_BIT {
+            1 => Some(Opcode::Ping),
+            2 => Some(Opcode::Topology),
+            3 => Some(Opcode::Get),
+            4 => Some(Opcode::Put),
+            5 => Some(Opcode::Delete),
+            0x7F => Some(Opcode::Error),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded, validated frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub opcode: Opcode,
+    /// True for a response frame.
+    pub response: bool,
+    pub request_id: u64,
+    pub body_len: u32,
+}
+
+/// Why bytes are not (yet) a frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Not enough bytes yet; `needed` more would complete the header.
+    #[error("incomplete frame header: {needed} more bytes needed")]
+    Incomplete { needed: usize },
+    #[error("bad magic 0x{got:08x} (expected 0x{MAGIC:08x}): not a kvs client or server")]
+    BadMagic { got: u32 },
+    #[error("unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION})")]
+    BadVersion { got: u16 },
+    #[error("unknown opcode 0x{got:02x}")]
+    BadOpcode { got: u8 },
+    #[error("reserved header fields must be zero")]
+    Reserved,
+    #[error("frame body of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+}
+
+impl FrameHeader {
+    /// A request header.
+    pub fn request(opcode: Opcode, request_id: u64, body_len: u32) -> FrameHeader {
+        FrameHeader { opcode, response: false, request_id, body_len }
+    }
+
+    /// A response header.
+    pub fn response(opcode: Opcode, request_id: u64, body_len: u32) -> FrameHeader {
+        FrameHeader { opcode, response: true, request_id, body_len }
+    }
+
+    /// Encodes the header into 24 bytes.
+    pub fn encode(&self) -> [u8; FRAME_HEADER_BYTES] {
+        let mut out = [0u8; FRAME_HEADER_BYTES];
+        let op = self.opcode as u8 | if self.response { RESPONSE_BIT } else { 0 };
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        out[6] = op;
+        out[7] = 0;
+        out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
+        out[16..20].copy_from_slice(&self.body_len.to_le_bytes());
+        out
+    }
+
+    /// Decodes and validates a header from the start of `bytes`, checking the body length
+    /// against `body_bytes_max` (itself capped by [`FRAME_BODY_BYTES_MAX`]).
+    pub fn decode(bytes: &[u8], body_bytes_max: u32) -> Result<FrameHeader, FrameError> {
+        let Some(h) = bytes.get(..FRAME_HEADER_BYTES) else {
+            return Err(FrameError::Incomplete { needed: FRAME_HEADER_BYTES - bytes.len() });
+        };
+        let h: &[u8; FRAME_HEADER_BYTES] = h.try_into().map_err(|_| FrameError::Reserved)?;
+        let [m0, m1, m2, m3, v0, v1, op, flags, r0, r1, r2, r3, r4, r5, r6, r7, l0, l1, l2, l3, z0, z1, z2, z3] =
+            *h;
+        let magic = u32::from_le_bytes([m0, m1, m2, m3]);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic { got: magic });
+        }
+        let version = u16::from_le_bytes([v0, v1]);
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::BadVersion { got: version });
+        }
+        let opcode = Opcode::from_u8(op).ok_or(FrameError::BadOpcode { got: op })?;
+        if flags != 0 || [z0, z1, z2, z3] != [0; 4] {
+            return Err(FrameError::Reserved);
+        }
+        let body_len = u32::from_le_bytes([l0, l1, l2, l3]);
+        let max = body_bytes_max.min(FRAME_BODY_BYTES_MAX);
+        if body_len > max {
+            return Err(FrameError::TooLarge { len: body_len, max });
+        }
+        Ok(FrameHeader {
+            opcode,
+            response: op & RESPONSE_BIT != 0,
+            request_id: u64::from_le_bytes([r0, r1, r2, r3, r4, r5, r6, r7]),
+            body_len,
+        })
+    }
+}
+
+/// Appends a whole frame (header and body) to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, header: FrameHeader, body: &[u8]) {
+    debug_assert_eq!(header.body_len as usize, body.len());
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        for op in [Opcode::Ping, Opcode::Topology, Opcode::Get, Opcode::Put, Opcode::Delete] {
+            for response in [false, true] {
+                let h = FrameHeader {
+                    opcode: op,
+                    response,
+                    request_id: 0xDEAD_BEEF_0102,
+                    body_len: 77,
+                };
+                assert_eq!(FrameHeader::decode(&h.encode(), 1000), Ok(h));
+            }
+        }
+    }
+
+    #[test]
+    fn header_golden_bytes() {
+        let h = FrameHeader::request(Opcode::Get, 1, 2);
+        assert_eq!(
+            h.encode(),
+            [0x31, 0x53, 0x56, 0x4B, 1, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let good = FrameHeader::request(Opcode::Put, 9, 10).encode();
+        assert_eq!(
+            FrameHeader::decode(&good[..10], 100),
+            Err(FrameError::Incomplete { needed: 14 })
+        );
+        let mut b = good;
+        b[0] ^= 1;
+        assert!(matches!(FrameHeader::decode(&b, 100), Err(FrameError::BadMagic { .. })));
+        let mut b = good;
+        b[4] = 2;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 2 }));
+        let mut b = good;
+        b[6] = 0x33;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadOpcode { got: 0x33 }));
+        let mut b = good;
+        b[21] = 1;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::Reserved));
+        let huge = FrameHeader::request(Opcode::Put, 9, u32::MAX).encode();
+        assert_eq!(
+            FrameHeader::decode(&huge, u32::MAX),
+            Err(FrameError::TooLarge { len: u32::MAX, max: FRAME_BODY_BYTES_MAX })
+        );
+        assert_eq!(FrameHeader::decode(&good, 5), Err(FrameError::TooLarge { len: 10, max: 5 }));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..100_000 {
+            let len = rng.gen_range(0..40);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = FrameHeader::decode(&bytes, FRAME_BODY_BYTES_MAX);
+        }
+    }
+}

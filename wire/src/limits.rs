@@ -1,0 +1,28 @@
+//! Bounds of the protocol. Hard limits are constants; the defaults of configurable limits live
+//! here so client and server agree on them unless an operator changes the server's.
+
+/// Size of the frame header in bytes.
+pub const FRAME_HEADER_BYTES: usize = 24;
+
+/// The largest body any frame may carry. A header that claims more is invalid and the
+/// connection is closed: the reader cannot tell where the next frame would start.
+pub const FRAME_BODY_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Default bound on a key's length (server flag `--key-bytes-max`).
+pub const KEY_BYTES_MAX_DEFAULT: u32 = 4 * 1024;
+
+/// Default bound on a value's length (server flag `--value-bytes-max`).
+pub const VALUE_BYTES_MAX_DEFAULT: u32 = 1024 * 1024;
+
+/// Room in a body for everything but the key and the value (rkyv framing, options).
+pub const BODY_OVERHEAD_BYTES: u32 = 256;
+
+/// Default bound on one frame's body, derived from the key and value bounds.
+pub const FRAME_BODY_BYTES_DEFAULT: u32 =
+    KEY_BYTES_MAX_DEFAULT + VALUE_BYTES_MAX_DEFAULT + BODY_OVERHEAD_BYTES;
+
+/// Bound on an error message's length, so an error frame is always small.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+
+const _: () = assert!(FRAME_BODY_BYTES_DEFAULT <= FRAME_BODY_BYTES_MAX);
+const _: () = assert!(KEY_BYTES_MAX_DEFAULT < VALUE_BYTES_MAX_DEFAULT);

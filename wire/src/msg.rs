@@ -1,0 +1,317 @@
+//! Request and response bodies, archived with rkyv.
+//!
+//! A body is read in place: [`access`] validates the archive (bounds, pointers, UTF-8, enum
+//! tags) and returns a reference into the bytes, so a node reads a key and value without
+//! deserializing them. Bodies must be 8-byte aligned when accessed; a reader copies each body
+//! into an [`AlignedVec`] (one memcpy, no parse) before access.
+//!
+//! ## Format
+//! Each opcode's body is the rkyv 0.8 archive (little endian, 32-bit relative pointers, the
+//! default format) of one struct below, serialized as if the body started at offset 0:
+//!
+//! | opcode   | request body       | response body                      |
+//! |----------|--------------------|------------------------------------|
+//! | Ping     | empty              | empty                              |
+//! | Topology | empty              | [`TopologyResponse`]               |
+//! | Get      | [`GetRequest`]     | [`GetResponse`]                    |
+//! | Put      | [`PutRequest`]     | [`WriteResponse`]                  |
+//! | Delete   | [`DeleteRequest`]  | [`WriteResponse`]                  |
+//! | (any)    |                    | opcode `Error`: [`ErrorResponse`]  |
+//!
+//! A change to any struct here is a change of the protocol version in [`crate::frame`].
+
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Positional, Writer};
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+pub use rkyv::util::AlignedVec;
+
+use crate::error::ErrorCode;
+use crate::frame::{FrameHeader, Opcode};
+use crate::limits::{ERROR_MESSAGE_BYTES_MAX, FRAME_HEADER_BYTES};
+
+/// A write's version: hybrid logical clock reading, then the id of the node that stamped it.
+/// Versions order by `(hlc, node)`; the greater one wins.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+)]
+#[rkyv(derive(Debug))]
+pub struct Stamp {
+    pub hlc: u64,
+    pub node: u64,
+}
+
+/// Read one key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GetRequest {
+    pub key: Vec<u8>,
+}
+
+/// Write one key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Delete one key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteRequest {
+    pub key: Vec<u8>,
+}
+
+/// The answer to a get: the value and its version, or `None` when the key is missing or deleted.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GetResponse {
+    pub value: Option<Vec<u8>>,
+    pub stamp: Option<Stamp>,
+}
+
+/// The answer to a put or a delete: the version it was stamped with.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WriteResponse {
+    pub stamp: Stamp,
+}
+
+/// A failed request: a stable code (see [`ErrorCode::to_u16`]) and a readable message.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorResponse {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ErrorResponse {
+    /// An error response, its message cut to [`ERROR_MESSAGE_BYTES_MAX`].
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorResponse {
+        let mut message = message.into();
+        if message.len() > ERROR_MESSAGE_BYTES_MAX {
+            let mut cut = ERROR_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        ErrorResponse { code: code.to_u16(), message }
+    }
+}
+
+/// One node as the topology describes it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NodeInfo {
+    /// Stable node id, made on the node's first start.
+    pub id: u64,
+    /// The node's `--listen` address, `host:port`: its node-level port.
+    pub addr: String,
+    /// The port of each shard, on the host of `addr`; its length is the node's shard count.
+    pub shard_ports: Vec<u16>,
+    /// The node's vnode tokens (see [`crate::placement`]).
+    pub tokens: Vec<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopologyResponse {
+    /// Grows whenever membership or tokens change.
+    pub version: u64,
+    /// The id of the node that answered.
+    pub self_id: u64,
+    /// Replication factor N.
+    pub replication_factor: u8,
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// Why a body could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MsgError {
+    #[error("invalid message body: {0}")]
+    Invalid(rancor::Error),
+    #[error("message body too large to frame: {len} bytes")]
+    TooLarge { len: usize },
+}
+
+/// Validates `bytes` as an archived `T` and returns a reference into them.
+/// `bytes` must start at an 8-byte aligned address (use an [`AlignedVec`]).
+pub fn access<T>(bytes: &[u8]) -> Result<&T, MsgError>
+where
+    T: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<T, rancor::Error>(bytes).map_err(MsgError::Invalid)
+}
+
+/// Deserializes an archived message into its owned form.
+pub fn to_owned<T, A>(archived: &A) -> Result<T, MsgError>
+where
+    A: Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(MsgError::Invalid)
+}
+
+/// Serializer output that appends to a `Vec<u8>` but reports positions relative to where the
+/// body starts, so the archive is laid out as if the body began at offset 0.
+pub struct BodyWriter<'v> {
+    out: &'v mut Vec<u8>,
+    base: usize,
+}
+
+impl Positional for BodyWriter<'_> {
+    fn pos(&self) -> usize {
+        self.out.len() - self.base
+    }
+}
+
+impl<E> Writer<E> for BodyWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Appends a frame whose body is `msg` archived: header, then body, then patches the length.
+pub fn write_frame<T>(
+    out: &mut Vec<u8>,
+    opcode: Opcode,
+    response: bool,
+    request_id: u64,
+    msg: &T,
+) -> Result<(), MsgError>
+where
+    T: for<'a, 'v> Serialize<HighSerializer<BodyWriter<'v>, ArenaHandle<'a>, rancor::Error>>,
+{
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let base = out.len();
+    let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(msg, BodyWriter { out, base });
+    if let Err(e) = written {
+        out.truncate(start);
+        return Err(MsgError::Invalid(e));
+    }
+    let body_len = out.len() - base;
+    let Ok(body_len32) = u32::try_from(body_len) else {
+        out.truncate(start);
+        return Err(MsgError::TooLarge { len: body_len });
+    };
+    let header = FrameHeader { opcode, response, request_id, body_len: body_len32 };
+    if let Some(slot) = out.get_mut(start..base) {
+        slot.copy_from_slice(&header.encode());
+    }
+    Ok(())
+}
+
+/// Appends a frame with an empty body (Ping, Topology requests, Ping responses).
+pub fn write_empty_frame(out: &mut Vec<u8>, opcode: Opcode, response: bool, request_id: u64) {
+    let header = FrameHeader { opcode, response, request_id, body_len: 0 };
+    out.extend_from_slice(&header.encode());
+}
+
+/// Appends an error response frame.
+pub fn write_error(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    code: ErrorCode,
+    message: impl Into<String>,
+) {
+    let body = ErrorResponse::new(code, message);
+    // An ErrorResponse is a u16 and a bounded string: serializing it cannot fail.
+    if write_frame(out, Opcode::Error, true, request_id, &body).is_err() {
+        write_empty_frame(out, Opcode::Error, true, request_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::FRAME_BODY_BYTES_MAX;
+
+    fn body_of(frame: &[u8]) -> (FrameHeader, AlignedVec) {
+        let h = FrameHeader::decode(frame, FRAME_BODY_BYTES_MAX).unwrap();
+        let mut body: AlignedVec = AlignedVec::new();
+        body.extend_from_slice(
+            &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.body_len as usize],
+        );
+        (h, body)
+    }
+
+    #[test]
+    fn put_round_trips_in_place() {
+        let mut out = vec![1, 2, 3]; // frames need not start aligned in the output buffer
+        let msg = PutRequest { key: b"k1".to_vec(), value: vec![7; 100] };
+        write_frame(&mut out, Opcode::Put, false, 42, &msg).unwrap();
+        let (h, body) = body_of(&out[3..]);
+        assert_eq!((h.opcode, h.request_id, h.response), (Opcode::Put, 42, false));
+        let a = access::<ArchivedPutRequest>(&body).unwrap();
+        assert_eq!(a.key.as_slice(), b"k1");
+        assert_eq!(a.value.as_slice(), &[7u8; 100][..]);
+        let back: PutRequest = to_owned(a).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn topology_and_error_round_trip() {
+        let topo = TopologyResponse {
+            version: 3,
+            self_id: 9,
+            replication_factor: 3,
+            nodes: vec![NodeInfo {
+                id: 9,
+                addr: "127.0.0.1:7000".into(),
+                shard_ports: vec![7001, 7002],
+                tokens: vec![1, 2, 3],
+            }],
+        };
+        let mut out = Vec::new();
+        write_frame(&mut out, Opcode::Topology, true, 1, &topo).unwrap();
+        write_error(&mut out, 2, ErrorCode::TooLarge, "x".repeat(5000));
+        let (h1, b1) = body_of(&out);
+        let back: TopologyResponse =
+            to_owned(access::<ArchivedTopologyResponse>(&b1).unwrap()).unwrap();
+        assert_eq!(back, topo);
+        let (h2, b2) = body_of(&out[FRAME_HEADER_BYTES + h1.body_len as usize..]);
+        assert_eq!(h2.opcode, Opcode::Error);
+        let e = access::<ArchivedErrorResponse>(&b2).unwrap();
+        assert_eq!(ErrorCode::from_u16(e.code.to_native()), ErrorCode::TooLarge);
+        assert_eq!(e.message.len(), ERROR_MESSAGE_BYTES_MAX);
+    }
+
+    #[test]
+    fn garbage_bodies_are_rejected_not_trusted() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut rejected = 0;
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..64);
+            let mut body: AlignedVec = AlignedVec::new();
+            for _ in 0..len {
+                body.push(rng.gen());
+            }
+            if access::<ArchivedPutRequest>(&body).is_err() {
+                rejected += 1;
+            }
+            let _ = access::<ArchivedTopologyResponse>(&body);
+            let _ = access::<ArchivedGetResponse>(&body);
+        }
+        assert!(rejected > 19_000, "random bytes should almost never validate: {rejected}");
+    }
+}
