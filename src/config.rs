@@ -162,8 +162,16 @@ impl NodeConfig {
                 format!("port {} leaves no room for {shards} shard ports above it", addr.port()),
             ));
         }
-        if self.key_bytes_max == 0 {
-            return Err(invalid("key_bytes_max", "must be at least 1"));
+        let key_cap = kvs_shards::limits::KEY_BYTES_MAX;
+        if self.key_bytes_max == 0 || u64::from(self.key_bytes_max) > key_cap {
+            return Err(invalid("key_bytes_max", format!("must be in 1..={key_cap}")));
+        }
+        let value_cap = kvs_shards::limits::VALUE_BYTES_MAX;
+        if u64::from(self.value_bytes_max) > value_cap {
+            return Err(invalid(
+                "value_bytes_max",
+                format!("the storage engine stores values up to {value_cap} bytes"),
+            ));
         }
         if u64::from(self.key_bytes_max) + u64::from(self.value_bytes_max)
             > u64::from(FRAME_BODY_BYTES_MAX - BODY_OVERHEAD_BYTES)

@@ -11,9 +11,9 @@ use kvs_wire::placement::{shard_of, token_of};
 use kvs_wire::Opcode;
 use support::{kvs, Raw, Server};
 
-fn round_trip(shards: &str) {
+fn round_trip(shards: &str, sync: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--shards", shards]);
+    let mut server = Server::start(dir.path(), &["--shards", shards, "--sync", sync]);
     let addr = server.addr.as_str();
     assert_eq!(server.shard_ports.len(), shards.parse::<usize>().unwrap());
 
@@ -63,16 +63,32 @@ fn round_trip(shards: &str) {
     let out = kvs(&["topology", "--addr", addr], None);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("shards {shards}")));
+
+    // A clean stop and restart keeps everything, in either sync mode.
+    assert_eq!(server.stop(), Some(0), "clean shutdown; stderr:\n{}", server.stderr());
+    let server = Server::start(dir.path(), &["--shards", shards, "--sync", sync]);
+    let addr = server.addr.as_str();
+    assert_eq!(kvs(&["get", "bin", "--addr", addr], None).stdout, binary);
+    for i in 0..20 {
+        let out = kvs(&["get", &format!("key-{i}"), "--addr", addr], None);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("v{i}"));
+    }
+    assert_eq!(kvs(&["get", "greeting", "--addr", addr], None).status.code(), Some(1));
 }
 
 #[test]
 fn cli_round_trip_one_shard() {
-    round_trip("1");
+    round_trip("1", "always");
 }
 
 #[test]
 fn cli_round_trip_three_shards() {
-    round_trip("3");
+    round_trip("3", "always");
+}
+
+#[test]
+fn cli_round_trip_periodic_sync() {
+    round_trip("2", "periodic");
 }
 
 /// A key owned by shard 2, sent to the node-level port and to shard 0's port, is forwarded to

@@ -19,6 +19,8 @@ use crate::cluster::hlc::wall_ms;
 pub fn shard_error_code(e: &ShardError) -> ErrorCode {
     match e {
         ShardError::Closed => ErrorCode::Unavailable,
+        ShardError::Overloaded { .. } => ErrorCode::Overloaded,
+        ShardError::KeyTooLarge { .. } | ShardError::ValueTooLarge { .. } => ErrorCode::TooLarge,
         _ => ErrorCode::Internal,
     }
 }
