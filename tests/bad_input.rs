@@ -190,3 +190,34 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() {
     assert!(!server.stderr().contains("panicked"), "server panicked:\n{}", server.stderr());
     assert_eq!(server.stop(), Some(0), "clean exit; stderr:\n{}", server.stderr());
 }
+
+/// A client that pipelines requests and never reads the answers must not grow the server's
+/// memory: the node stops reading from it once its responses back up.
+#[test]
+fn a_client_that_never_reads_cannot_grow_server_memory() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--shards", "1"]);
+    let before = server.rss_kib();
+    let mut raw = Raw::connect(&server.addr);
+    raw.stream.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    // Topology answers are ~1.3 KiB for a 24-byte request: the worst amplification we have.
+    let mut batch = Vec::new();
+    for i in 0..1000u64 {
+        batch.extend_from_slice(&FrameHeader::request(Opcode::Topology, i, 0).encode());
+    }
+    let mut sent_bytes = 0usize;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        match raw.stream.write_all(&batch) {
+            Ok(()) => sent_bytes += batch.len(),
+            Err(_) => break, // the server stopped reading: back-pressure works
+        }
+    }
+    let after = server.rss_kib();
+    println!("sent {sent_bytes} bytes of requests; server RSS {before} KiB -> {after} KiB");
+    assert!(after < before + 200 * 1024, "server RSS grew from {before} KiB to {after} KiB");
+    still_serves(&server, 1000);
+    drop(raw);
+    assert_eq!(server.stop(), Some(0), "clean exit; stderr:\n{}", server.stderr());
+}

@@ -33,6 +33,9 @@ use kvs_wire::placement::{vnode_tokens, NodeId};
 use crate::config::{ConfigError, NodeConfig};
 use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
 
+/// How long a failed start waits for the other executors before giving up on them.
+const FAILED_START_WAIT: Duration = Duration::from_secs(10);
+
 /// Why a node could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -144,7 +147,12 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
             listener_fd: listener.into_raw_fd(),
             senders: my_senders,
             receivers: my_receivers,
-            ready: ready_tx.clone(),
+            guard: StartGuard {
+                index,
+                ready: Some(ready_tx.clone()),
+                drained: drained.clone(),
+                counted: false,
+            },
             stop: stop.clone(),
             drained: drained.clone(),
             executors,
@@ -161,7 +169,13 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
     let mut failure = None;
     let mut recovered = Vec::new();
     for _ in 0..executors {
-        match ready_rx.recv() {
+        // After one executor failed, its peers may be stuck connecting to it: wait a bounded time.
+        let next = if failure.is_some() {
+            ready_rx.recv_timeout(FAILED_START_WAIT).map_err(|_| ())
+        } else {
+            ready_rx.recv().map_err(|_| ())
+        };
+        match next {
             Ok((_, Ok(note))) => recovered.push(note),
             Ok((index, Err(reason))) => {
                 failure.get_or_insert(NodeError::Executor { index, reason });
@@ -189,6 +203,17 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         );
         let _ = out.flush();
     }
+    if failure.is_some() {
+        // A failed start: give the executors a bounded time to stop, then report the failure;
+        // the process exits and takes any executor still stuck with it.
+        let deadline = std::time::Instant::now() + FAILED_START_WAIT;
+        while drained.load(Ordering::SeqCst) < executors && std::time::Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        return Err(
+            failure.unwrap_or(NodeError::Executor { index: 0, reason: "start failed".into() })
+        );
+    }
     for h in handles {
         match h.join() {
             Ok(Ok(())) => {}
@@ -209,6 +234,38 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
     }
 }
 
+/// Makes sure the node hears from every executor exactly once at start (ready or failed) and
+/// once at stop (drained), even when an executor never runs (glommio could not create it) or
+/// panics: on drop it reports whatever was not reported.
+struct StartGuard {
+    index: usize,
+    ready: Option<mpsc::Sender<(usize, Result<String, String>)>>,
+    drained: Arc<AtomicUsize>,
+    counted: bool,
+}
+
+impl StartGuard {
+    fn report_ready(&mut self, outcome: Result<String, String>) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send((self.index, outcome));
+        }
+    }
+
+    fn report_drained(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            self.drained.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        self.report_ready(Err(format!("executor {} stopped before it was ready", self.index)));
+        self.report_drained();
+    }
+}
+
 /// What one executor needs; moved into its thread.
 struct ExecutorJob {
     index: usize,
@@ -219,7 +276,7 @@ struct ExecutorJob {
     listener_fd: std::os::fd::RawFd,
     senders: Vec<Option<SharedSender<ShardMsg>>>,
     receivers: Vec<(usize, SharedReceiver<ShardMsg>)>,
-    ready: mpsc::Sender<(usize, Result<String, String>)>,
+    guard: StartGuard,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     executors: usize,
@@ -229,6 +286,7 @@ struct ExecutorJob {
 impl ExecutorJob {
     async fn run(self) -> Result<(), String> {
         let index = self.index;
+        let mut guard = self.guard;
         // SAFETY: the fd is a bound, listening TCP socket that this executor now owns alone.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(self.listener_fd) };
         // Connecting a channel end waits for its peer end, so connect every end at once.
@@ -277,8 +335,8 @@ impl ExecutorJob {
                         "opening shard {index} at {}: {e}",
                         self.shard_options.dir.display()
                     );
-                    let _ = self.ready.send((index, Err(reason.clone())));
-                    self.drained.fetch_add(1, Ordering::SeqCst);
+                    guard.report_ready(Err(reason.clone()));
+                    guard.report_drained();
                     return Err(reason);
                 }
             }
@@ -304,7 +362,7 @@ impl ExecutorJob {
             .detach();
         }
         let accept = glommio::spawn_local(serve_listener(ctx.clone(), listener));
-        let _ = self.ready.send((index, Ok(note)));
+        guard.report_ready(Ok(note));
 
         while !self.stop.load(Ordering::SeqCst) {
             glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -313,7 +371,7 @@ impl ExecutorJob {
         accept.await;
         ctx.drain_connections(self.grace).await;
         // Other executors may still forward requests here until they have drained too.
-        self.drained.fetch_add(1, Ordering::SeqCst);
+        guard.report_drained();
         while self.drained.load(Ordering::SeqCst) < self.executors {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }

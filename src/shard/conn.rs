@@ -21,12 +21,19 @@ use super::{bump, ExecutorCtx};
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Bytes of responses one connection may have waiting to be sent before the node stops
+/// reading requests from it: a client that pipelines without reading cannot grow the node's
+/// memory past this (plus one response per request in flight).
+const OUT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// The sending side of one client connection, shared by every task answering on it.
 pub struct ConnOut {
     buf: RefCell<Vec<u8>>,
     /// Wakes the writer when `buf` has bytes or the connection is closing.
     wake_writer: Notify,
     closing: Cell<bool>,
+    /// The socket failed: responses are dropped and the reader stops.
+    broken: Cell<bool>,
     /// Requests read but not yet answered.
     inflight: Cell<usize>,
     /// Wakes the reader when a request finishes (it may be waiting for room).
@@ -39,6 +46,7 @@ impl ConnOut {
             buf: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),
             wake_writer: Notify::default(),
             closing: Cell::new(false),
+            broken: Cell::new(false),
             inflight: Cell::new(0),
             wake_reader: Notify::default(),
         }
@@ -46,14 +54,24 @@ impl ConnOut {
 
     /// Queues a complete response frame.
     pub fn push_frame(&self, frame: &[u8]) {
-        self.buf.borrow_mut().extend_from_slice(frame);
-        self.wake_writer.notify();
+        if !self.broken.get() {
+            self.buf.borrow_mut().extend_from_slice(frame);
+            self.wake_writer.notify();
+        }
     }
 
     /// Queues an error response.
     pub fn push_error(&self, request_id: u64, code: ErrorCode, message: impl Into<String>) {
-        msg::write_error(&mut self.buf.borrow_mut(), request_id, code, message);
-        self.wake_writer.notify();
+        if !self.broken.get() {
+            msg::write_error(&mut self.buf.borrow_mut(), request_id, code, message);
+            self.wake_writer.notify();
+        }
+    }
+
+    /// Whether the reader may take another request: few enough in flight and few enough
+    /// response bytes waiting for the socket.
+    fn has_room(&self, inflight_max: usize) -> bool {
+        self.inflight.get() < inflight_max && self.buf.borrow().len() < OUT_BYTES_MAX
     }
 
     fn start_one(&self) {
@@ -133,8 +151,13 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
                     continue;
                 }
                 if wr.write_all(&bytes).await.is_err() {
+                    out.broken.set(true);
+                    out.buf.borrow_mut().clear();
+                    out.wake_reader.notify();
                     break;
                 }
+                // Sent bytes may make room for the reader to take more requests.
+                out.wake_reader.notify();
                 // Give the buffer's allocation back for reuse when nothing was queued meanwhile.
                 let mut b = out.buf.borrow_mut();
                 if b.is_empty() {
@@ -150,10 +173,15 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     let body_max = ctx.settings.frame_body_bytes_max;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let inflight_max = ctx.settings.connection_inflight_max;
     'conn: loop {
-        // Cut every complete frame out of `buf`.
+        // Cut complete frames out of `buf` while the connection has room for more work.
         let mut start = 0;
-        while let Some(avail) = buf.get(start..) {
+        loop {
+            if !out.has_room(inflight_max) {
+                break;
+            }
+            let Some(avail) = buf.get(start..) else { break };
             let header = match FrameHeader::decode(avail, body_max) {
                 Ok(h) => h,
                 Err(FrameError::Incomplete { .. }) => break,
@@ -179,14 +207,13 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
         if start > 0 {
             buf.drain(..start);
         }
-        // Bounded in-flight work: wait for room before reading more requests.
-        while out.inflight.get() >= ctx.settings.connection_inflight_max
-            && !ctx.shutdown.is_raised()
-        {
-            out.wake_reader.wait().await;
-        }
-        if ctx.shutdown.is_raised() {
+        if ctx.shutdown.is_raised() || out.broken.get() {
             break;
+        }
+        if !out.has_room(inflight_max) {
+            // Back-pressure: read nothing more until requests finish or responses are sent.
+            futures_lite::future::or(out.wake_reader.wait(), stop.wait()).await;
+            continue;
         }
         let read = futures_lite::future::or(async { Some(rd.read(&mut chunk).await) }, async {
             stop.wait().await;
