@@ -7,12 +7,12 @@
 //! ## What it does
 //! - [`Client::connect`] fetches the topology (`Opcode::Topology`) from the node-level port it is
 //!   given. [`Client::refresh_topology`] fetches it again; the client also does so before
-//!   retrying after an I/O error.
+//!   retrying after an I/O error or a timeout.
 //! - Placement ([`Client::route`]): `token_of(key)` → the [`Ring`] built from the topology's nodes
-//!   → the key's replica set → the primary (the next replica after a connection error) →
-//!   `shard_of(token, shard_ports.len())` → `host_of(node.addr):shard_ports[shard]`. With
-//!   [`ClientOptions::shard_aware`] off, every request goes to the address given to `connect`,
-//!   and the node forwards it to the owning shard.
+//!   → the key's replica set → the primary (the next replica after a connection error or a
+//!   timeout) → `shard_of(token, shard_ports.len())` → `host_of(node.addr):shard_ports[shard]`.
+//!   With [`ClientOptions::shard_aware`] off, every request goes to the address given to
+//!   `connect`, and the node forwards it to the owning shard.
 //! - One TCP connection per address (a node's shard port, or the node-level port), created on
 //!   first use, with TCP_NODELAY, shared by every request and every clone of the client.
 //! - Pipelining: a request gets an id from a per-client counter, queues its frame and waits for
@@ -21,6 +21,11 @@
 //! - Each attempt is bounded by [`ClientOptions::request_timeout`] (waiting for a connection and
 //!   a pipeline slot included). I/O errors, timeouts and `Overloaded` are retried after a short
 //!   backoff up to [`ClientOptions::retries`] times; nothing else is.
+//! - A timed-out attempt checks its connection: if for a whole request timeout it had requests
+//!   pending and read nothing, or had bytes to send and sent none, the server is taken to be
+//!   stopped or cut off (a SIGSTOPped or partitioned node sends no FIN or RST, so nothing else
+//!   would notice for ~15 minutes, or ever). The connection is then failed: its other requests
+//!   fail with [`ClientError::Timeout`] (and retry), and the next attempt reconnects.
 //!
 //! ## What it does not do (yet)
 //! - No quorum options: the coordinating node applies its configured consistency.
@@ -45,7 +50,9 @@
 //!   connection (the stream cannot be resynchronised) and fails its requests with
 //!   [`ClientError::Protocol`]; a bad body fails only its request. Nothing here panics on input.
 //! - Everything is bounded: at most `inflight_max_per_connection` requests are registered on a
-//!   connection (more wait for a slot), one connection per address, retries and backoff fixed.
+//!   connection (more wait for a slot), at most 4 MiB plus one frame queued for its socket (more
+//!   wait for room, within their timeout, however long the server stops reading), one
+//!   connection per address, retries and backoff fixed.
 //! - A request that ends for any reason (answer, error, timeout, its future dropped) leaves no
 //!   entry behind in its connection's pending map.
 //! - A dead connection fails every request pending on it at once and is replaced on next use.
@@ -60,7 +67,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::sync::Semaphore;
 use glommio::GlommioError;
@@ -101,7 +108,9 @@ pub struct ClientOptions {
     /// to the node-level address given to `connect`, which exercises in-node forwarding.
     pub shard_aware: bool,
     /// Requests in flight per connection; beyond it requests wait for a slot (within their
-    /// timeout). Default 4096, at most [`INFLIGHT_MAX_PER_CONNECTION_MAX`].
+    /// timeout). Default 4096, at most [`INFLIGHT_MAX_PER_CONNECTION_MAX`]. Independently, the
+    /// bytes queued for one connection's socket are bounded (4 MiB plus one frame): a request
+    /// that finds the queue full waits for room, also within its timeout.
     pub inflight_max_per_connection: usize,
     /// Largest response body accepted, in bytes; a header claiming more kills the connection.
     /// Default and ceiling [`FRAME_BODY_BYTES_MAX`].
@@ -533,7 +542,7 @@ impl Client {
     }
 
     /// Sends `req` with retries: each attempt routes anew (a refreshed topology applies, and
-    /// after a connection error the next replica is tried).
+    /// after a connection error or a timeout the next replica is tried).
     async fn send(&self, dest: Dest, req: &Req) -> Result<AlignedVec, ClientError> {
         let opts = &self.inner.opts;
         let mut attempt: u32 = 0;
@@ -552,7 +561,9 @@ impl Client {
             if attempt >= opts.retries || !err.is_retryable() || self.inner.closed.get() {
                 return Err(err);
             }
-            if matches!(err, ClientError::Io { .. }) {
+            // A timeout is treated like a connection error: the replica may be stopped or cut
+            // off (its connection was failed if it is stalled), so try the next one.
+            if matches!(err, ClientError::Io { .. } | ClientError::Timeout { .. }) {
                 skip = skip.wrapping_add(1);
                 // Best effort: a failed refresh keeps the old topology, and the retry goes on.
                 if !self.inner.refreshing.replace(true) {
@@ -591,22 +602,37 @@ impl Client {
     }
 
     /// One attempt, bounded by the request timeout: get the connection, send, wait, check the
-    /// response's opcode. Returns the response body.
+    /// response's opcode. Returns the response body. On timeout, fails the connection if it is
+    /// stalled (see `Shared::fail_if_stalled`), so the next attempt reconnects.
     async fn attempt(&self, addr: &str, req: &Req) -> Result<AlignedVec, ClientError> {
         let after = self.inner.opts.request_timeout;
-        let work = async { Ok(self.attempt_untimed(addr, req).await) };
+        let started = Instant::now();
+        let used: RefCell<Option<Rc<Shared>>> = RefCell::new(None);
+        let work = async { Ok(self.attempt_untimed(addr, req, started, &used).await) };
         match glommio::timer::timeout(after, work).await {
             Ok(result) => result,
-            Err(GlommioError::TimedOut(_)) => Err(ClientError::Timeout { after }),
+            Err(GlommioError::TimedOut(_)) => {
+                if let Some(shared) = used.borrow_mut().take() {
+                    shared.fail_if_stalled(after);
+                }
+                Err(ClientError::Timeout { after })
+            }
             Err(e) => Err(ClientError::Io { addr: addr.to_string(), source: e.into() }),
         }
     }
 
-    async fn attempt_untimed(&self, addr: &str, req: &Req) -> Result<AlignedVec, ClientError> {
+    async fn attempt_untimed(
+        &self,
+        addr: &str,
+        req: &Req,
+        started: Instant,
+        used: &RefCell<Option<Rc<Shared>>>,
+    ) -> Result<AlignedVec, ClientError> {
         let shared = self.connection(addr).await?;
+        *used.borrow_mut() = Some(shared.clone());
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id.wrapping_add(1));
-        let frame = shared.call(id, |out| req.encode(out, id)).await?;
+        let frame = shared.call(id, started, |out| req.encode(out, id)).await?;
         let want = req.opcode();
         match frame.header.opcode {
             op if op == want => Ok(frame.body),

@@ -3,7 +3,8 @@
 //! Method: each test runs one glommio executor holding both the client and a fake node: one or
 //! more `TcpListener`s on 127.0.0.1:0 that answer Topology with a topology pointing at
 //! themselves, keep puts in a `HashMap`, and misbehave on demand (answer in reverse order,
-//! never answer, close the connection, send garbage, send error frames). Shard listeners
+//! never answer, close the connection, send garbage, send error frames, accept a connection and
+//! never read from it, as a SIGSTOPped or partitioned server does). Shard listeners
 //! refuse keys that `shard_of` does not map to them, so a successful request proves routing.
 
 use std::cell::{Cell, RefCell};
@@ -83,6 +84,10 @@ struct State {
     topo: RefCell<TopologyResponse>,
     /// Raw bytes to answer the next data request with, overriding `mode`.
     next_raw: RefCell<Option<Vec<u8>>>,
+    /// Never read from (nor answer on) the next this-many connections to shard ports.
+    mute_accepts: Cell<usize>,
+    /// The connections muted so far, held open.
+    muted: RefCell<Vec<TcpStream>>,
 }
 
 impl State {
@@ -142,6 +147,9 @@ impl State {
             }
             other => panic!("unexpected opcode {other:?}"),
         };
+        if key.starts_with(b"mute") {
+            return Action::Silent;
+        }
         let error = if key.starts_with(b"bad") {
             Some(ErrorCode::InvalidRequest)
         } else if key.starts_with(b"busy") {
@@ -191,6 +199,11 @@ async fn serve(state: Rc<State>, listener: TcpListener, role: Role) {
     let port = listener.local_addr().unwrap().port();
     while let Ok(stream) = listener.accept().await {
         state.accepts.set(state.accepts.get() + 1);
+        if matches!(role, Role::Shard { .. }) && state.mute_accepts.get() > 0 {
+            state.mute_accepts.set(state.mute_accepts.get() - 1);
+            state.muted.borrow_mut().push(stream);
+            continue;
+        }
         glommio::spawn_local(serve_conn(state.clone(), stream, port, role)).detach();
     }
 }
@@ -309,6 +322,8 @@ impl Fake {
             frames_per_read_max: Cell::new(0),
             topo: RefCell::new(topo),
             next_raw: RefCell::new(None),
+            mute_accepts: Cell::new(0),
+            muted: RefCell::new(Vec::new()),
         });
         Fake { state, node_port, shard_ports }
     }
@@ -689,6 +704,148 @@ fn empty_topology_and_bad_options_are_reported() {
             std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let err = Client::connect(&format!("127.0.0.1:{dead_port}"), quick()).await.unwrap_err();
         assert!(matches!(err, ClientError::Io { .. }), "{err}");
+    });
+}
+
+/// The connection the client holds to `addr`, if any.
+fn conn_to(c: &Client, addr: &str) -> Option<Rc<Shared>> {
+    let ep = c.inner.endpoints.borrow().get(addr).cloned()?;
+    let shared = ep.conn.borrow().as_ref().map(|conn| conn.shared.clone());
+    shared
+}
+
+#[test]
+fn a_stopped_server_is_abandoned_and_the_retry_reconnects() {
+    run(|| async {
+        let fake = Fake::sharded(1);
+        let shard_addr = format!("127.0.0.1:{}", fake.shard_ports[0]);
+        let opts = ClientOptions { request_timeout: Duration::from_millis(200), ..quick() };
+        let c = fake.client(opts.clone()).await;
+        assert_eq!(fake.state.accepts.get(), 1, "the node port, for the topology");
+        // The first shard connection is accepted and then never read, like a stopped server.
+        fake.state.mute_accepts.set(1);
+        let t0 = Instant::now();
+        c.put(b"k", b"v").await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(200), "the first attempt timed out");
+        assert_eq!(fake.state.muted.borrow().len(), 1);
+        assert_eq!(fake.state.accepts.get(), 3, "the retry made a second shard connection");
+        assert_eq!(fake.state.data_at(fake.shard_ports[0]), 1);
+        assert_eq!(c.get(b"k").await.unwrap().unwrap().0, b"v");
+
+        // Without retries the caller sees the timeout, and its next call reconnects.
+        let c = fake.client(ClientOptions { retries: 0, ..opts }).await;
+        fake.state.mute_accepts.set(1);
+        let accepts = fake.state.accepts.get();
+        let err = c.get(b"k").await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        let stalled = conn_to(&c, &shard_addr).unwrap();
+        assert!(stalled.is_dead(), "a stalled connection is failed at the timeout");
+        assert_eq!(c.get(b"k").await.unwrap().unwrap().0, b"v");
+        assert_eq!(fake.state.accepts.get(), accepts + 2);
+    });
+}
+
+#[test]
+fn a_slow_request_on_a_live_connection_keeps_the_connection() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let opts = ClientOptions { request_timeout: Duration::from_millis(200), ..quick() };
+        let c = fake.client(ClientOptions { retries: 0, ..opts }).await;
+        let busy = Rc::new(Cell::new(true));
+        let chatter = glommio::spawn_local({
+            let (c, busy) = (c.clone(), busy.clone());
+            async move {
+                while busy.get() {
+                    c.get(b"k").await.unwrap();
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        // Never answered, but other responses keep arriving on the same connection.
+        let err = c.get(b"mute-1").await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        busy.set(false);
+        chatter.await;
+        assert!(!conn_to(&c, &fake.addr()).unwrap().is_dead());
+        assert_eq!(fake.state.accepts.get(), 1, "no reconnection");
+    });
+}
+
+#[test]
+fn a_timeout_moves_on_to_the_next_replica() {
+    run(|| async {
+        let fake = Fake::sharded(2);
+        // A second node, listed first, that accepts connections and never reads from them.
+        let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hole_port = hole.local_addr().unwrap().port();
+        let held: Rc<RefCell<Vec<TcpStream>>> = Rc::default();
+        glommio::spawn_local({
+            let held = held.clone();
+            async move {
+                while let Ok(s) = hole.accept().await {
+                    held.borrow_mut().push(s);
+                }
+            }
+        })
+        .detach();
+        {
+            let mut topo = fake.state.topo.borrow_mut();
+            topo.replication_factor = 2;
+            topo.nodes.insert(
+                0,
+                NodeInfo {
+                    id: 2,
+                    addr: format!("127.0.0.1:{hole_port}"),
+                    shard_ports: vec![hole_port, hole_port],
+                    tokens: vnode_tokens(NodeId(2), 16).into_iter().map(|t| t.0).collect(),
+                },
+            );
+        }
+        let opts =
+            ClientOptions { request_timeout: Duration::from_millis(150), retries: 1, ..quick() };
+        let c = fake.client(opts).await;
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| c.route(k.as_bytes()).0 == format!("127.0.0.1:{hole_port}"))
+            .unwrap();
+        // One timeout on the stopped primary, then the replica answers.
+        c.put(key.as_bytes(), b"v").await.unwrap();
+        assert_eq!(held.borrow().len(), 1);
+        assert_eq!(fake.state.data_total(), 1);
+    });
+}
+
+#[test]
+fn queued_bytes_stay_bounded_when_the_server_never_reads() {
+    run(|| async {
+        let fake = Fake::sharded(1);
+        let shard_addr = format!("127.0.0.1:{}", fake.shard_ports[0]);
+        let opts =
+            ClientOptions { request_timeout: Duration::from_millis(500), retries: 0, ..quick() };
+        let c = fake.client(opts).await;
+        fake.state.mute_accepts.set(1);
+        // 40 values of 512 KiB: 20 MiB, far more than the kernel's socket buffers plus the bound.
+        const VALUE_BYTES: usize = 512 * 1024;
+        let value = Rc::new(vec![9u8; VALUE_BYTES]);
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (c, value) = (c.clone(), value.clone());
+                glommio::spawn_local(async move { c.put(format!("k{i}").as_bytes(), &value).await })
+            })
+            .collect();
+        for t in tasks {
+            let err = t.await.unwrap_err();
+            assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "requests fail by timeout, not hang");
+        let conn = conn_to(&c, &shard_addr).unwrap();
+        let frame_bytes_max = VALUE_BYTES + 1024;
+        let peak = conn.queued_peak();
+        assert!(peak >= conn::OUT_BYTES_MAX, "the bound was reached: peak {peak}");
+        assert!(peak < conn::OUT_BYTES_MAX + frame_bytes_max, "queue grew past the bound: {peak}");
+        assert!(conn.is_dead(), "the connection that stopped writing was failed");
+        assert_eq!(conn.queued_bytes(), 0, "a failed connection drops its queue");
     });
 }
 
