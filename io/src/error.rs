@@ -126,7 +126,10 @@ pub enum HeaderProblem {
         found: [u8; 8],
     },
     /// The format version is not one we read.
-    #[error("unsupported format version {version}")]
+    #[error(
+        "unsupported format version {version}: this build reads only version {}",
+        crate::format::SEGMENT_VERSION
+    )]
     UnsupportedVersion {
         /// The version found.
         version: u32,

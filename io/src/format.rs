@@ -14,16 +14,25 @@
 //! +-------------+-------------+-----------------+-------------+-----
 //! | len u32     | crc u32     | payload (len)   | len u32     | ...
 //! +-------------+-------------+-----------------+-------------+-----
+//! A finished segment ends with one seal frame after its last record (24 bytes):
+//! +------------------+-------------+-------------+----------------+
+//! | len u32          | crc u32     | records u64 | end_offset u64 |
+//! | = SEAL_LEN (!0)  |             |             |                |
+//! +------------------+-------------+-------------+----------------+
 //! then zero bytes ("len = 0, crc = 0") up to the end of the file: the end marker.
 //! ```
 //!
 //! `crc = crc32c_append(crc32c(segment_id as u64 LE), len LE ++ payload)`. Seeding with the
 //! segment id means bytes left over from another segment (a recycled file, a stale block)
-//! never validate in this one.
+//! never validate in this one. The seal's crc is computed the same way over `SEAL_LEN` and its
+//! 16-byte body; `records` counts the records before it and `end_offset` is the seal's own
+//! offset (one past the last record), so a reader can prove it saw the whole segment.
 //!
 //! ## Invariants
-//! - `1 <= len <= RECORD_PAYLOAD_BYTES_MAX`; a zero `len` is the end marker, so a record
-//!   payload is never empty.
+//! - `1 <= len <= RECORD_PAYLOAD_BYTES_MAX` for a record; a zero `len` is the end marker, so a
+//!   record payload is never empty; `len = SEAL_LEN` (`u32::MAX`, far over the payload limit)
+//!   is a seal and nothing else.
+//! - A seal is the last frame of a segment: only zero bytes follow it.
 //! - Records are appended in order and never rewritten with different content, so every
 //!   prefix of the record sequence that validates was once written in that order.
 
@@ -32,8 +41,9 @@ use std::ops::Range;
 
 /// The magic number at the start of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KVS-WAL\0";
-/// The segment format version this crate writes and reads.
-pub const SEGMENT_VERSION: u32 = 1;
+/// The segment format version this crate writes and reads. Version 2 added the seal frame;
+/// version 1 segments are refused ([`crate::HeaderProblem::UnsupportedVersion`]).
+pub const SEGMENT_VERSION: u32 = 2;
 /// Bytes of the segment header; records start here.
 pub const SEGMENT_HEADER_BYTES: u64 = 64;
 /// Bytes of the frame before each payload: `len u32` + `crc u32`.
@@ -42,10 +52,17 @@ pub const FRAME_HEADER_BYTES: u64 = 8;
 pub const RECORD_PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// The I/O block: writes are this aligned and sized; a partial last block is rewritten.
 pub const BLOCK_BYTES: u64 = 4096;
+/// The reserved `len` value of a seal frame (never a record length: over the payload limit).
+pub const SEAL_LEN: u32 = u32::MAX;
+/// Bytes of a seal frame's body: `records u64` + `end_offset u64`.
+pub const SEAL_BODY_BYTES: u64 = 16;
+/// Bytes of a whole seal frame. A writer keeps this much room free at the end of a segment.
+pub const SEAL_FRAME_BYTES: u64 = FRAME_HEADER_BYTES + SEAL_BODY_BYTES;
 
 const _: () = assert!(SEGMENT_HEADER_BYTES < BLOCK_BYTES);
 const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX < u32::MAX as u64);
 const _: () = assert!(BLOCK_BYTES.is_power_of_two());
+const _: () = assert!(SEAL_LEN as u64 > RECORD_PAYLOAD_BYTES_MAX);
 
 /// Encodes the header of segment `segment_id`.
 pub fn encode_header(segment_id: u64) -> [u8; SEGMENT_HEADER_BYTES as usize] {
@@ -105,6 +122,24 @@ pub fn encode_frame(segment_id: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&record_crc(segment_id, len, payload).to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// The 16-byte body of a seal frame.
+fn seal_body(records: u64, end_offset: u64) -> [u8; SEAL_BODY_BYTES as usize] {
+    let mut body = [0u8; SEAL_BODY_BYTES as usize];
+    let mut w = Cursor::new(&mut body);
+    w.put(&records.to_le_bytes());
+    w.put(&end_offset.to_le_bytes());
+    body
+}
+
+/// Appends the seal frame of a segment holding `records` records that end at `end_offset`
+/// (where the seal itself is placed) to `out`.
+pub fn encode_seal(segment_id: u64, records: u64, end_offset: u64, out: &mut Vec<u8>) {
+    let body = seal_body(records, end_offset);
+    out.extend_from_slice(&SEAL_LEN.to_le_bytes());
+    out.extend_from_slice(&record_crc(segment_id, SEAL_LEN, &body).to_le_bytes());
+    out.extend_from_slice(&body);
 }
 
 /// Why the log ends in a torn (or garbled) tail rather than a clean end marker.
@@ -170,6 +205,13 @@ pub enum FrameParse {
         /// The whole frame length.
         frame_bytes: u64,
     },
+    /// A seal frame (its checksum verified); the caller checks its claims.
+    Seal {
+        /// Records the seal says precede it.
+        records: u64,
+        /// Where the seal says it lies (one past the last record).
+        end_offset: u64,
+    },
     /// The end marker (or the exact end of the file).
     End,
     /// A torn or garbled frame.
@@ -209,6 +251,9 @@ pub fn parse_frame(segment_id: u64, window: &[u8], file_remaining_bytes: u64) ->
             FrameParse::Torn(TornReason::ZeroLength { crc: stored })
         };
     }
+    if len == SEAL_LEN {
+        return parse_seal(segment_id, window, file_remaining_bytes, stored);
+    }
     if u64::from(len) > RECORD_PAYLOAD_BYTES_MAX {
         return FrameParse::Torn(TornReason::LengthTooLarge { len });
     }
@@ -228,6 +273,34 @@ pub fn parse_frame(segment_id: u64, window: &[u8], file_remaining_bytes: u64) ->
         return FrameParse::Torn(TornReason::ChecksumMismatch { stored, computed });
     }
     FrameParse::Record { payload, frame_bytes: frame }
+}
+
+/// The rest of [`parse_frame`] for a frame whose `len` is [`SEAL_LEN`].
+fn parse_seal(
+    segment_id: u64,
+    window: &[u8],
+    file_remaining_bytes: u64,
+    stored: u32,
+) -> FrameParse {
+    if SEAL_FRAME_BYTES > file_remaining_bytes {
+        return FrameParse::Torn(TornReason::PastEof {
+            len: SEAL_LEN,
+            remaining_bytes: file_remaining_bytes - FRAME_HEADER_BYTES,
+        });
+    }
+    if (window.len() as u64) < SEAL_FRAME_BYTES {
+        return FrameParse::NeedMore { window_bytes: SEAL_FRAME_BYTES };
+    }
+    let body =
+        window.get(FRAME_HEADER_BYTES as usize..SEAL_FRAME_BYTES as usize).unwrap_or_default();
+    let computed = record_crc(segment_id, SEAL_LEN, body);
+    if computed != stored {
+        return FrameParse::Torn(TornReason::ChecksumMismatch { stored, computed });
+    }
+    FrameParse::Seal {
+        records: u64::from_le_bytes(le_array(body, 0)),
+        end_offset: u64::from_le_bytes(le_array(body, 8)),
+    }
 }
 
 /// Reads `N` bytes at `at`, zero-filled if the slice is short (callers check lengths first).
@@ -307,6 +380,32 @@ mod tests {
     }
 
     #[test]
+    fn seal_round_trip_and_damage() {
+        let mut buf = Vec::new();
+        encode_seal(5, 17, 4242, &mut buf);
+        assert_eq!(buf.len() as u64, SEAL_FRAME_BYTES);
+        assert_eq!(&buf[..4], &[0xff; 4]);
+        buf.extend_from_slice(&[0u8; 8]);
+        let total = buf.len() as u64;
+        assert_eq!(parse_frame(5, &buf, total), FrameParse::Seal { records: 17, end_offset: 4242 });
+        assert_eq!(parse_frame(5, &buf[..10], total), FrameParse::NeedMore { window_bytes: 24 });
+        assert!(matches!(
+            parse_frame(6, &buf, total),
+            FrameParse::Torn(TornReason::ChecksumMismatch { .. })
+        ));
+        assert!(matches!(
+            parse_frame(5, &buf[..20], 20),
+            FrameParse::Torn(TornReason::PastEof { len: SEAL_LEN, remaining_bytes: 12 })
+        ));
+        let mut bad = buf.clone();
+        bad[12] ^= 1;
+        assert!(matches!(
+            parse_frame(5, &bad, total),
+            FrameParse::Torn(TornReason::ChecksumMismatch { .. })
+        ));
+    }
+
+    #[test]
     fn other_segment_never_validates() {
         let mut buf = Vec::new();
         encode_frame(3, b"hello", &mut buf);
@@ -343,11 +442,19 @@ mod tests {
             FrameParse::Torn(TornReason::ChecksumMismatch { .. })
         ));
         // Huge length.
-        let mut huge = vec![0xffu8; 8];
+        let mut huge = vec![0xfeu8; 8];
         huge.extend_from_slice(&[0u8; 8]);
         assert!(matches!(
             parse_frame(1, &huge, 16),
             FrameParse::Torn(TornReason::LengthTooLarge { .. })
+        ));
+        // The seal's length marker over garbage or a short file is torn too.
+        huge[..4].copy_from_slice(&SEAL_LEN.to_le_bytes());
+        assert!(matches!(parse_frame(1, &huge, 16), FrameParse::Torn(TornReason::PastEof { .. })));
+        huge.extend_from_slice(&[0u8; 8]);
+        assert!(matches!(
+            parse_frame(1, &huge, 24),
+            FrameParse::Torn(TornReason::ChecksumMismatch { .. })
         ));
         // Zero length with non-zero crc.
         let zl = [0, 0, 0, 0, 1, 0, 0, 0];

@@ -23,7 +23,8 @@
 //!
 //! # Invariants
 //! - Every record on disk is framed with its length and a crc32c seeded with the segment id;
-//!   zero bytes after the last record mean "end".
+//!   zero bytes after the last record mean "end". A closed segment ends with a seal frame
+//!   (record count and end offset) after its last record; a crashed one does not.
 //! - A record is reported durable only after the bytes are written (`Periodic`) or written and
 //!   fdatasync'd (`Always`); after a failed write or fdatasync the writer refuses all work.
 //! - All buffers are bounded: pending bytes by `pending_bytes_max`, one write by
@@ -48,10 +49,12 @@ pub mod reader;
 pub mod writer;
 
 pub use error::{HeaderProblem, IoError};
-pub use format::{TornReason, BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
+pub use format::{
+    TornReason, BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES,
+};
 pub use fs::{
     create_dir_all, file_bytes, list_dir, probe_device, remove_file, sync_dir, truncate_file,
 };
 pub use plan::{Durability, GroupCommitPlan, TailBuffer};
 pub use reader::{LogEnd, LogReader, LogRecord, ReadOutcome};
-pub use writer::{Durable, LogStats, LogWriter, LogWriterOptions, Lsn};
+pub use writer::{seal_segment, Durable, LogStats, LogWriter, LogWriterOptions, Lsn};

@@ -14,6 +14,8 @@
 //!
 //! ## Invariants
 //! - `synced <= written <= appended <= capacity`, all only grow.
+//! - Records leave [`crate::format::SEAL_FRAME_BYTES`] free at the end of the segment, so the
+//!   seal ([`GroupCommitPlan::reserve_seal`]) always fits after the last record.
 //! - One action is in flight at a time (one flusher), so a record appended while a write or a
 //!   sync is running is picked up by the *next* write and made durable by the *next* sync:
 //!   every sync covers everything written before it, and many appenders share one sync.
@@ -24,7 +26,7 @@
 //! - Writes start at the block holding `written` (the partial last block is rewritten in
 //!   full) and are at most `write_bytes_max` long, so the DMA buffer of one write is bounded.
 
-use crate::format::BLOCK_BYTES;
+use crate::format::{BLOCK_BYTES, SEAL_FRAME_BYTES};
 
 /// When an appended record counts as durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -111,7 +113,7 @@ impl GroupCommitPlan {
         write_bytes_max: u64,
         now_ms: u64,
     ) -> Self {
-        debug_assert!(start <= capacity_bytes);
+        debug_assert!(start + SEAL_FRAME_BYTES <= capacity_bytes);
         GroupCommitPlan {
             durability,
             capacity_bytes,
@@ -129,13 +131,14 @@ impl GroupCommitPlan {
     /// Reserves room for a frame of `frame_bytes` and returns its end offset (its LSN).
     ///
     /// A frame is always accepted into an empty buffer, so one record larger than
-    /// `pending_bytes_max` does not wedge the writer; the format bounds its size.
+    /// `pending_bytes_max` does not wedge the writer; the format bounds its size. The frame
+    /// must leave room for the seal.
     pub fn reserve(&mut self, frame_bytes: u64) -> Result<u64, AppendRefusal> {
         if self.closing {
             return Err(AppendRefusal::Closing);
         }
         let end = self.appended.saturating_add(frame_bytes);
-        if end > self.capacity_bytes {
+        if end.saturating_add(SEAL_FRAME_BYTES) > self.capacity_bytes {
             return Err(AppendRefusal::SegmentFull { used_bytes: self.appended });
         }
         let pending_bytes = self.appended - self.written;
@@ -144,6 +147,21 @@ impl GroupCommitPlan {
         }
         self.appended = end;
         Ok(end)
+    }
+
+    /// Reserves the seal frame after the last record and begins closing; returns the seal's
+    /// offset. Ignores the pending bound (the seal is tiny and must not be refused). Refused
+    /// once closing, so a segment gets at most one seal.
+    pub fn reserve_seal(&mut self) -> Result<u64, AppendRefusal> {
+        if self.closing {
+            return Err(AppendRefusal::Closing);
+        }
+        let at = self.appended;
+        // `reserve` kept room for it.
+        debug_assert!(at + SEAL_FRAME_BYTES <= self.capacity_bytes);
+        self.appended = at + SEAL_FRAME_BYTES;
+        self.closing = true;
+        Ok(at)
     }
 
     /// Stops accepting appends; the flusher drains and syncs, then finishes.
@@ -295,6 +313,12 @@ impl TailBuffer {
         crate::format::encode_frame(segment_id, payload, &mut self.bytes);
     }
 
+    /// Appends the seal frame for `records` records; it lands at [`TailBuffer::end`].
+    pub fn push_seal(&mut self, segment_id: u64, records: u64) {
+        let at = self.end();
+        crate::format::encode_seal(segment_id, records, at, &mut self.bytes);
+    }
+
     /// The bytes of file range `[pos, end)`, if held.
     pub fn slice(&self, pos: u64, end: u64) -> Option<&[u8]> {
         let from = usize::try_from(pos.checked_sub(self.base)?).ok()?;
@@ -413,6 +437,21 @@ mod tests {
         p.next_action(0);
         p.on_sync_done(16384, 0);
         assert_eq!(p.next_action(0), FlushAction::Write { pos: 16384, end });
+    }
+
+    #[test]
+    fn seal_always_fits_and_closes() {
+        let cap = 2 * BLOCK_BYTES;
+        let mut p = GroupCommitPlan::new(Durability::Always, 64, cap, MIB, MIB, 0);
+        // A record may not take the seal's room.
+        let room = cap - 64 - SEAL_FRAME_BYTES;
+        assert_eq!(p.reserve(room + 1), Err(AppendRefusal::SegmentFull { used_bytes: 64 }));
+        assert_eq!(p.reserve(room), Ok(cap - SEAL_FRAME_BYTES));
+        assert_eq!(p.reserve_seal(), Ok(cap - SEAL_FRAME_BYTES));
+        assert_eq!(p.appended_lsn(), cap);
+        assert!(p.is_closing());
+        assert_eq!(p.reserve_seal(), Err(AppendRefusal::Closing));
+        assert_eq!(p.reserve(1), Err(AppendRefusal::Closing));
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! offset and wakes every waiter at or below it. Records appended while a write or sync is in
 //! flight ride the next round, so concurrent writers share each `fdatasync`.
 //!
+//! [`LogWriter::close`] appends the seal frame (see [`crate::format`]) after the last record
+//! and makes it durable with everything else, so a finished segment proves its own
+//! completeness; [`seal_segment`] seals a segment found unsealed by recovery (its writer
+//! crashed). Dropping a writer without `close` leaves the segment unsealed, like a crash.
+//!
 //! The segment is preallocated (`fallocate`) to its capacity at creation, so the file size
 //! does not change on every write. Pre-zeroing and recycling segments (overwriting blocks that
 //! were already written is markedly faster than extending, see ARCHITECTURE.md) is a later
@@ -26,8 +31,12 @@
 //!   that block can only damage already-synced records on devices that tear *inside* a sector;
 //!   this is the usual trade-off of block-rewriting logs (RocksDB, LevelDB).
 
-use crate::format::{self, BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
-use crate::plan::{align_up, AppendRefusal, Durability, FlushAction, GroupCommitPlan, TailBuffer};
+use crate::format::{
+    self, BLOCK_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES,
+};
+use crate::plan::{
+    align_down, align_up, AppendRefusal, Durability, FlushAction, GroupCommitPlan, TailBuffer,
+};
 use crate::IoError;
 use glommio::io::{DmaFile, OpenOptions};
 use std::cell::{Cell, RefCell};
@@ -319,13 +328,25 @@ impl LogWriter {
     /// Whether a frame with `payload_bytes` of payload still fits in this segment.
     pub fn fits(&self, payload_bytes: u64) -> bool {
         let st = self.inner.state.borrow();
-        st.plan.appended_lsn() + format::frame_bytes(payload_bytes) <= st.plan.capacity_bytes()
+        st.plan.appended_lsn() + format::frame_bytes(payload_bytes) + SEAL_FRAME_BYTES
+            <= st.plan.capacity_bytes()
     }
 
-    /// Stops accepting appends, writes and fdatasyncs everything appended (in both modes),
-    /// trims the preallocated space past the last block, and closes the file. Idempotent.
+    /// Stops accepting appends, appends the seal frame (unless the writer failed), writes and
+    /// fdatasyncs everything appended (in both modes), trims the preallocated space past the
+    /// last block, and closes the file. Idempotent: only the first call seals.
     pub async fn close(&self) -> Result<(), IoError> {
-        self.inner.state.borrow_mut().plan.begin_close();
+        {
+            let mut st = self.inner.state.borrow_mut();
+            let st = &mut *st;
+            if st.failed.is_some() {
+                st.plan.begin_close();
+            } else if let Ok(at) = st.plan.reserve_seal() {
+                st.tail.push_seal(self.inner.segment_id, st.stats.records_appended);
+                debug_assert_eq!(st.tail.end(), at + SEAL_FRAME_BYTES);
+                st.stats.appended_lsn = at + SEAL_FRAME_BYTES;
+            }
+        }
         self.inner.wake_flusher();
         let task = self.flusher.borrow_mut().take();
         if let Some(task) = task {
@@ -372,6 +393,73 @@ impl LogWriter {
     pub fn is_failed(&self) -> bool {
         self.inner.state.borrow().failed.is_some()
     }
+}
+
+/// Seals the segment at `path` (id `segment_id`), whose `records` valid records end at
+/// `end_offset` and which has no seal: writes the seal frame at `end_offset` (rewriting the
+/// block that holds it with the same bytes before it and zeros after), fdatasyncs, trims the
+/// file to the block holding the seal's end and fdatasyncs again.
+///
+/// For recovery, which must seal the segment a crash left unsealed before it creates the next
+/// one. The caller has checked the records and cut anything past `end_offset` it meant to
+/// cut; the file must be at least `end_offset` bytes long.
+pub async fn seal_segment(
+    path: impl AsRef<Path>,
+    segment_id: u64,
+    records: u64,
+    end_offset: u64,
+) -> Result<(), IoError> {
+    let path = path.as_ref();
+    crate::fs::probe_device(path.parent().unwrap_or(Path::new("."))).await?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| IoError::os("open segment to seal", path, e))?;
+    let pos = align_down(end_offset);
+    let prefix_bytes = end_offset - pos;
+    let prefix = if prefix_bytes > 0 {
+        let read = file
+            .read_at(pos, prefix_bytes as usize)
+            .await
+            .map_err(|e| IoError::os("read block before seal", path, e))?;
+        if read.len() as u64 != prefix_bytes {
+            return Err(IoError::os(
+                "read block before seal",
+                path,
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            ));
+        }
+        read.to_vec()
+    } else {
+        Vec::new()
+    };
+    let mut bytes = prefix;
+    format::encode_seal(segment_id, records, end_offset, &mut bytes);
+    let end = align_up(end_offset + SEAL_FRAME_BYTES);
+    let mut buf = file.alloc_dma_buffer((end - pos) as usize);
+    let dst = buf.as_bytes_mut();
+    dst.fill(0);
+    if let Some(d) = dst.get_mut(..bytes.len()) {
+        d.copy_from_slice(&bytes);
+    }
+    let expected = buf.len() as u64;
+    let written =
+        file.write_at(buf, pos).await.map_err(|e| IoError::os("write seal", path, e))? as u64;
+    if written != expected {
+        return Err(IoError::ShortWrite {
+            path: path.to_path_buf(),
+            offset: pos,
+            written_bytes: written,
+            expected_bytes: expected,
+        });
+    }
+    // IMPORTANT: the seal must be durable before the caller creates the next segment.
+    file.fdatasync().await.map_err(|e| IoError::os("fdatasync seal", path, e))?;
+    file.truncate(end).await.map_err(|e| IoError::os("trim sealed segment", path, e))?;
+    file.fdatasync().await.map_err(|e| IoError::os("fdatasync trimmed segment", path, e))?;
+    file.close().await.map_err(|e| IoError::os("close sealed segment", path, e))
 }
 
 impl Drop for LogWriter {

@@ -91,7 +91,11 @@ fn concurrent_appenders_share_syncs_and_read_back_in_order() {
         // Read back: every record, in LSN order.
         acked.sort();
         let (records, end) = read_all(&path, 1).await;
-        assert!(matches!(end, LogEnd::Clean { .. }), "{end:?}");
+        let LogEnd::Sealed { offset, records: sealed, end_offset } = end else {
+            panic!("close must seal: {end:?}");
+        };
+        assert_eq!((sealed, end_offset), (appends, offset));
+        assert_eq!(offset, stats.appended_lsn);
         assert_eq!(records.len(), acked.len());
         for ((off, payload), (lsn, want)) in records.iter().zip(&acked) {
             assert_eq!(payload, want);
@@ -203,7 +207,11 @@ fn garbage_past_the_end_marker_is_found() {
         let mut r = LogReader::open(&path, Some(8)).await.unwrap();
         assert!(matches!(r.next().await.unwrap(), ReadOutcome::Record(_)));
         assert_eq!(r.nonzero_after_end().await.unwrap(), None, "not at end yet");
-        assert_eq!(r.next().await.unwrap(), ReadOutcome::End(LogEnd::Clean { offset: lsn.0 }));
+        assert_eq!(
+            r.next().await.unwrap(),
+            ReadOutcome::End(LogEnd::Sealed { offset: lsn.0, records: 1, end_offset: lsn.0 })
+        );
+        assert_eq!(r.records_read(), 1);
         assert_eq!(r.nonzero_after_end().await.unwrap(), Some(10_000));
         r.close().await.unwrap();
     });
@@ -266,7 +274,7 @@ fn periodic_mode_acks_before_sync_and_syncs_on_schedule() {
         w.close().await.unwrap();
         let (records, end) = read_all(&path, 3).await;
         assert_eq!(records.len(), 800);
-        assert!(matches!(end, LogEnd::Clean { .. }));
+        assert!(matches!(end, LogEnd::Sealed { records: 800, .. }), "{end:?}");
     });
 }
 
@@ -370,6 +378,62 @@ fn regression_first_dma_file_on_a_thread_is_a_new_empty_segment() {
         w.close().await.unwrap();
         let (records, end) = read_all(&path, 11).await;
         assert_eq!(records.len(), 1);
-        assert!(matches!(end, LogEnd::Clean { .. }));
+        assert!(matches!(end, LogEnd::Sealed { records: 1, .. }));
+    });
+}
+
+#[test]
+fn drop_leaves_the_segment_unsealed_and_seal_segment_seals_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = seg_path(dir.path(), 12);
+    run(move || async move {
+        let mut end = 0;
+        {
+            let w = LogWriter::create(&path, 12, opts(Durability::Always)).await.unwrap();
+            for i in 0..100u32 {
+                end = w.append_durable(&[i as u8 | 1; 99]).await.unwrap().0;
+            }
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        let (records, log_end) = read_all(&path, 12).await;
+        assert_eq!(records.len(), 100);
+        assert_eq!(log_end, LogEnd::Clean { offset: end });
+        kvs_io::seal_segment(&path, 12, 100, end).await.unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(size, (end + kvs_io::SEAL_FRAME_BYTES).div_ceil(4096) * 4096, "trimmed");
+        let (again, log_end) = read_all(&path, 12).await;
+        assert_eq!(again, records);
+        assert_eq!(log_end, LogEnd::Sealed { offset: end, records: 100, end_offset: end });
+    });
+}
+
+#[test]
+fn find_valid_frame_sees_frames_past_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = seg_path(dir.path(), 13);
+    run(move || async move {
+        let w = LogWriter::create(&path, 13, opts(Durability::Always)).await.unwrap();
+        let mut lsns = Vec::new();
+        for i in 0..40u32 {
+            lsns.push(w.append(&vec![i as u8 | 0x80; 50_000]).unwrap().0);
+        }
+        w.close().await.unwrap();
+        // Zero the first record's frame header: the reader stops there.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[64..72].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut r = LogReader::open(&path, Some(13)).await.unwrap();
+        assert_eq!(r.next().await.unwrap(), ReadOutcome::End(LogEnd::Clean { offset: 64 }));
+        assert_eq!(r.nonzero_after_end().await.unwrap(), Some(72));
+        // The next frame starts where the first one ended; from past it, the next one.
+        assert_eq!(r.find_valid_frame(64, 1 << 20).await.unwrap(), Some(lsns[0]));
+        assert_eq!(r.find_valid_frame(lsns[0] + 1, 1 << 20).await.unwrap(), Some(lsns[1]));
+        // The seal is a valid frame too; nothing after it.
+        let seal_at = *lsns.last().unwrap();
+        assert_eq!(r.find_valid_frame(seal_at, 1 << 20).await.unwrap(), Some(seal_at));
+        assert_eq!(r.find_valid_frame(seal_at + 1, 1 << 20).await.unwrap(), None);
+        // Lengths over the given bound are not considered.
+        assert_eq!(r.find_valid_frame(lsns[0] + 1, 1000).await.unwrap(), Some(seal_at));
+        r.close().await.unwrap();
     });
 }

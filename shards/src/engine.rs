@@ -10,8 +10,8 @@
 //! last-write-wins makes the insert order irrelevant, nothing else depends on when it happens.
 //!
 //! Segments: a write that does not fit the current segment rolls to a new one. The roll closes
-//! the old writer first (drain + fdatasync, which also acknowledges everything appended to
-//! it), then creates the next segment; writes arriving meanwhile wait for the roll. Preparing
+//! the old writer first (seal + drain + fdatasync, which also acknowledges everything appended
+//! to it), then creates the next segment; writes arriving meanwhile wait for the roll. Preparing
 //! the next segment ahead of time is a later optimization.
 //!
 //! ## Invariants
@@ -103,7 +103,8 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the shard in `opts.dir` (creating it if missing), replays the WAL, truncates a
-    /// torn tail of the newest segment, and starts a fresh segment for new writes.
+    /// torn tail of the newest segment and seals it if a crash left it unsealed, and starts a
+    /// fresh segment for new writes.
     pub async fn open(opts: ShardOptions) -> Result<(Rc<Engine>, RecoveryReport), ShardError> {
         opts.validate()?;
         let wal_dir = opts.dir.join(WAL_DIR_NAME);
@@ -277,8 +278,8 @@ impl Engine {
     }
 
     async fn roll_inner(&self, full: &Rc<LogWriter>) -> Result<(), ShardError> {
-        // Everything appended to the full segment becomes durable before the next segment
-        // exists, so only the newest segment can ever have a torn tail.
+        // Everything appended to the full segment, and its seal, becomes durable before the
+        // next segment exists, so only the newest segment can ever lack a seal or be torn.
         let closed = full.close().await;
         self.retire(full);
         closed.map_err(|e| ShardError::io(full.path(), e))?;

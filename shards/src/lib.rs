@@ -23,8 +23,10 @@
 //!   file in [`SyncMode::Periodic`]), before the call returns.
 //! - Last write wins by ([`Stamp`], tombstone over value, greater value): the result does not
 //!   depend on completion or replay order.
-//! - Only the newest WAL segment may have a torn tail; recovery truncates it and reports it.
-//!   Damage anywhere else is an error naming the file and offset.
+//! - Only the newest WAL segment may have a torn tail (nothing valid past the last write
+//!   window); recovery truncates it, reports it, and seals the segment. Every older segment
+//!   must end with a matching seal. Damage anywhere else is an error naming the file and
+//!   offset.
 //! - The engine is `!Send` and runs on one glommio executor.
 #![cfg_attr(
     not(test),

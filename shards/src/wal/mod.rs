@@ -7,9 +7,11 @@
 //!
 //! ## Invariants
 //! - Only the newest segment can end in a torn tail: a segment is rolled (or the engine
-//!   closed) only after its writer drained and fdatasync'd everything, before the next segment
-//!   receives its first record; and recovery truncates a torn newest segment (durably) before
-//!   it creates the next one.
+//!   closed) only after its writer appended the seal frame (record count, end offset) and
+//!   drained and fdatasync'd everything, before the next segment is created; and recovery
+//!   truncates a torn newest segment and seals it (durably) before it creates the next one.
+//!   So every segment but the newest ends with a seal that matches its records, and recovery
+//!   refuses one that does not.
 
 pub mod record;
 pub mod recovery;
