@@ -2,6 +2,8 @@
 //!
 //! Exit codes of the client commands: 0 on success; 1 when `get` finds no value (with
 //! `not found` on stderr); 2 on any error, with its stable code and message on stderr.
+//! `bench`: 0 when every operation succeeded; 1 when any failed or did not verify (the report
+//! is still printed and written); 2 when the run could not be done (bad flags, no connection).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -47,8 +49,10 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Measure throughput and latency of one operation from this process.
-    Bench(kvs_perf::quick::QuickArgs),
+    /// Load a target with a YCSB-style workload and report throughput and latency per
+    /// operation (closed loop, or open loop at --rate). Exits 0 when every operation succeeded,
+    /// 1 when any failed or did not verify, 2 when the run could not be done.
+    Bench(kvs_perf::runner::BenchArgs),
 }
 
 /// How a client command reaches the store.
@@ -193,18 +197,11 @@ pub fn run() -> i32 {
                 2
             }
         },
-        Command::Bench(args) => match kvs_perf::quick::run(&args) {
-            Ok(report) => {
-                println!("{report}");
-                if report.errors > 0 {
-                    2
-                } else {
-                    0
-                }
-            }
+        Command::Bench(args) => match kvs_perf::runner::run(&args) {
+            Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e}");
-                2
+                eprintln!("error: {e:#}");
+                kvs_perf::runner::EXIT_CANNOT_RUN
             }
         },
         Command::Put { key, value, conn } => client_command(&conn, move |c| async move {
