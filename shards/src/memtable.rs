@@ -10,9 +10,20 @@
 //!   may complete in any order and WAL replay is idempotent.
 //! - `approx_bytes` is the sum of [`Entry::approx_bytes`] over the map (key and value bytes
 //!   plus a fixed per-entry overhead); it only estimates memory, for the flush budget.
+//!
+//! ## Keys
+//! The map key is `MemKey`, not `Vec<u8>`: keys of up to `INLINE_KEY_BYTES` (22) bytes are
+//! stored inside the map node (no heap pointer to chase per comparison), and every comparison
+//! first compares the first 16 bytes as one big-endian `u128` instead of calling `memcmp`.
+//! Lookups borrow the query as a `KeyRef` with the same ordering. The order is exactly the
+//! lexicographic byte order of `<[u8]>::cmp` (see `key_cmp`), so [`Memtable::iter`] is
+//! unchanged.
 
 use crate::types::{Lookup, Stamp};
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::btree_map::{self, BTreeMap};
+use std::fmt;
 
 /// Bytes charged per entry on top of key and value: map node share, `Vec` headers, stamp.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
@@ -72,10 +83,182 @@ impl Entry {
     }
 }
 
+/// The first (up to) 16 bytes of `b`, zero-padded on the right, read as a big-endian `u128`:
+/// comparing two of these compares those bytes lexicographically in one integer compare.
+#[inline(always)]
+fn prefix16(b: &[u8]) -> u128 {
+    if let Some(head) = b.first_chunk::<16>() {
+        return u128::from_be_bytes(*head);
+    }
+    // Here `b.len() < 16`. The two (possibly overlapping) loads below put byte `i` at bits
+    // `(15 - i) * 8`; overlapping bytes land on the same bits with the same value, so OR is
+    // exact, and bits of positions `len..16` stay zero.
+    let shift = (16 - b.len()) * 8;
+    if let (Some(hi), Some(tail)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        return (u128::from(u64::from_be_bytes(*hi)) << 64)
+            | (u128::from(u64::from_be_bytes(*tail)) << shift);
+    }
+    if let (Some(hi), Some(tail)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        return (u128::from(u32::from_be_bytes(*hi)) << 96)
+            | (u128::from(u32::from_be_bytes(*tail)) << shift);
+    }
+    let mut p = 0u128;
+    for (i, &x) in b.iter().enumerate() {
+        p |= u128::from(x) << ((15 - i) * 8);
+    }
+    p
+}
+
+/// Lexicographic byte order, exactly `a.cmp(b)`, but cheap on keys with long common prefixes.
+///
+/// Proof that it equals `<[u8]>::cmp`: let `pa`, `pb` be the zero-padded 16-byte prefixes.
+/// - If `pa != pb`, let `i < 16` be the first differing position; the `u128` compare (big
+///   endian) decides by position `i`. If `i < min(a.len(), b.len())`, both bytes are real and
+///   `a.cmp(b)` is decided by the same byte. Otherwise one side, say `a`, is padding at `i`
+///   (`i >= a.len()`) and so reads 0, while `b[i] != 0` is real: then `a` is a proper prefix of
+///   `b` (all positions before `i` are equal), so `a < b` — and the `u128` compare says
+///   `0 < b[i]`, also `a < b`. Padding can make an unequal pair compare equal, never reverse it.
+/// - If `pa == pb`, the first `m = min(a.len(), b.len(), 16)` bytes are real on both sides and
+///   equal, so `a.cmp(b) == a[m..].cmp(b[m..])`, which the fallback computes; it decides every
+///   remaining byte and the lengths (e.g. `b"a"` vs `b"a\0"`: equal prefixes, shorter first).
+#[inline(always)]
+fn key_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    match prefix16(a).cmp(&prefix16(b)) {
+        Ordering::Equal => {
+            let m = a.len().min(b.len()).min(16);
+            // `m` is at most either length, so both are `Some` and compare as the slices.
+            a.get(m..).cmp(&b.get(m..))
+        }
+        unequal => unequal,
+    }
+}
+
+/// A borrowed key for map queries, ordered like [`MemKey`] (by [`key_cmp`]).
+#[repr(transparent)]
+struct KeyRef([u8]);
+
+impl KeyRef {
+    /// Views `bytes` as a key, without copying.
+    #[inline(always)]
+    fn new(bytes: &[u8]) -> &KeyRef {
+        // SAFETY: `KeyRef` is `#[repr(transparent)]` over `[u8]`, so `&[u8]` and `&KeyRef` have
+        // the same layout and pointer metadata (the length); the cast keeps the lifetime and
+        // mutability of the input, and `KeyRef` adds no invariant beyond `[u8]`'s.
+        unsafe { &*(bytes as *const [u8] as *const KeyRef) }
+    }
+}
+
+impl PartialEq for KeyRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for KeyRef {}
+
+impl Ord for KeyRef {
+    #[inline(always)]
+    fn cmp(&self, other: &Self) -> Ordering {
+        key_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for KeyRef {
+    #[inline(always)]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Keys up to this many bytes are stored inline in [`MemKey`] (the enum stays 24 bytes, the
+/// size of a `Vec<u8>`).
+const INLINE_KEY_BYTES: usize = 22;
+
+/// An owned memtable key: inline when short, boxed otherwise. Ordered by [`key_cmp`] (exactly
+/// byte order); borrows as [`KeyRef`] so lookups need no allocation.
+#[derive(Clone)]
+enum MemKey {
+    /// `buf[..len]` is the key (`len <= INLINE_KEY_BYTES`); the rest is zero.
+    Inline {
+        /// Key length.
+        len: u8,
+        /// Key bytes, zero-padded.
+        buf: [u8; INLINE_KEY_BYTES],
+    },
+    /// A key longer than [`INLINE_KEY_BYTES`].
+    Heap(Box<[u8]>),
+}
+
+impl MemKey {
+    /// Copies `bytes` into a key.
+    #[inline]
+    fn new(bytes: &[u8]) -> Self {
+        let mut buf = [0u8; INLINE_KEY_BYTES];
+        match buf.get_mut(..bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                // `bytes.len() <= INLINE_KEY_BYTES < 256`: the cast is exact.
+                MemKey::Inline { len: bytes.len() as u8, buf }
+            }
+            None => MemKey::Heap(bytes.into()),
+        }
+    }
+
+    /// The key bytes.
+    #[inline(always)]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            MemKey::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or_default(),
+            MemKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl Borrow<KeyRef> for MemKey {
+    #[inline(always)]
+    fn borrow(&self) -> &KeyRef {
+        KeyRef::new(self.as_bytes())
+    }
+}
+
+impl PartialEq for MemKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for MemKey {}
+
+impl Ord for MemKey {
+    #[inline(always)]
+    fn cmp(&self, other: &Self) -> Ordering {
+        key_cmp(self.as_bytes(), other.as_bytes())
+    }
+}
+
+impl PartialOrd for MemKey {
+    #[inline(always)]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for MemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_bytes(), f)
+    }
+}
+
 /// The sorted in-memory table. See the module docs.
 #[derive(Debug, Default, Clone)]
 pub struct Memtable {
-    map: BTreeMap<Vec<u8>, Entry>,
+    map: BTreeMap<MemKey, Entry>,
     approx_bytes: u64,
     tombstones: u64,
 }
@@ -88,37 +271,48 @@ impl Memtable {
 
     /// Applies `entry` to `key` if it supersedes what is stored; returns whether it did.
     pub fn insert(&mut self, key: &[u8], entry: Entry) -> bool {
-        let new_bytes = entry.approx_bytes(key.len());
-        let new_tomb = u64::from(matches!(entry, Entry::Tombstone { .. }));
-        match self.map.get_mut(key) {
-            Some(old) => {
-                if !entry.supersedes(old) {
-                    return false;
-                }
-                let old_bytes = old.approx_bytes(key.len());
-                let old_tomb = u64::from(matches!(old, Entry::Tombstone { .. }));
-                *old = entry;
-                self.approx_bytes = self.approx_bytes - old_bytes + new_bytes;
-                self.tombstones = self.tombstones - old_tomb + new_tomb;
-            }
-            None => {
-                self.map.insert(key.to_vec(), entry);
-                self.approx_bytes += new_bytes;
-                self.tombstones += new_tomb;
-            }
-        }
-        true
+        self.apply(key, entry.stamp(), || entry)
     }
 
     /// Applies a put; see [`Memtable::insert`].
     pub fn put(&mut self, key: &[u8], value: &[u8], stamp: Stamp) -> bool {
-        // Skip copying the value when an existing entry wins anyway.
-        if let Some(old) = self.map.get(key) {
-            if old.stamp() > stamp {
-                return false;
+        // The value is only copied once no newer stamp is stored.
+        self.apply(key, stamp, || Entry::Value { value: value.to_vec(), stamp })
+    }
+
+    /// One map search per write: finds or reserves the slot for `key`, returns early if the
+    /// stored entry has a newer stamp (it wins whatever `make` builds, since precedence orders
+    /// by stamp first), and only then builds the entry.
+    fn apply(&mut self, key: &[u8], stamp: Stamp, make: impl FnOnce() -> Entry) -> bool {
+        let key_bytes = key.len();
+        // Keys up to `INLINE_KEY_BYTES` need no allocation, so the owned key costs nothing
+        // even when the key is already stored.
+        match self.map.entry(MemKey::new(key)) {
+            btree_map::Entry::Occupied(mut slot) => {
+                let old = slot.get_mut();
+                if old.stamp() > stamp {
+                    return false;
+                }
+                let entry = make();
+                if !entry.supersedes(old) {
+                    return false;
+                }
+                let old_bytes = old.approx_bytes(key_bytes);
+                let old_tomb = u64::from(matches!(old, Entry::Tombstone { .. }));
+                let new_bytes = entry.approx_bytes(key_bytes);
+                let new_tomb = u64::from(matches!(entry, Entry::Tombstone { .. }));
+                *old = entry;
+                self.approx_bytes = self.approx_bytes - old_bytes + new_bytes;
+                self.tombstones = self.tombstones - old_tomb + new_tomb;
+            }
+            btree_map::Entry::Vacant(slot) => {
+                let entry = make();
+                self.approx_bytes += entry.approx_bytes(key_bytes);
+                self.tombstones += u64::from(matches!(entry, Entry::Tombstone { .. }));
+                slot.insert(entry);
             }
         }
-        self.insert(key, Entry::Value { value: value.to_vec(), stamp })
+        true
     }
 
     /// Applies a delete (a tombstone); see [`Memtable::insert`].
@@ -128,7 +322,7 @@ impl Memtable {
 
     /// The entry stored for `key`.
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.map.get(key)
+        self.map.get(KeyRef::new(key))
     }
 
     /// The read answer for `key`.
@@ -158,7 +352,7 @@ impl Memtable {
 
     /// All entries in key order (for the flush to SSTables).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.map.iter().map(|(k, v)| (k.as_slice(), v))
+        self.map.iter().map(|(k, v)| (k.as_bytes(), v))
     }
 }
 
@@ -235,5 +429,146 @@ mod tests {
         assert_eq!(m.len(), 2);
         let keys: Vec<&[u8]> = m.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![&b"b"[..], &b"key"[..]]);
+    }
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// A random key of 0..40 bytes, biased to 0x00, 0xFF and a few letters so that shared
+    /// prefixes, zero padding look-alikes and extreme bytes are common.
+    fn rand_key(rng: &mut StdRng) -> Vec<u8> {
+        let len = rng.gen_range(0..40);
+        (0..len)
+            .map(|_| match rng.gen_range(0..6) {
+                0 => 0x00,
+                1 => 0xFF,
+                2 => b'a',
+                3 => b'b',
+                _ => rng.gen(),
+            })
+            .collect()
+    }
+
+    /// A key related to `a`: a prefix of it, an extension, or a copy with one byte changed.
+    fn related_key(rng: &mut StdRng, a: &[u8]) -> Vec<u8> {
+        let keep = rng.gen_range(0..=a.len());
+        let mut b = a[..keep].to_vec();
+        match rng.gen_range(0..4) {
+            0 => {}
+            1 => b.extend(std::iter::repeat_n(0u8, rng.gen_range(1..4))),
+            2 => b.extend(rand_key(rng)),
+            _ => {
+                b.extend_from_slice(&a[keep..]);
+                if let Some(x) = b.get_mut(keep) {
+                    *x = match rng.gen_range(0..3) {
+                        0 => 0x00,
+                        1 => 0xFF,
+                        _ => rng.gen(),
+                    };
+                }
+            }
+        }
+        b.truncate(39);
+        b
+    }
+
+    #[test]
+    fn prefix16_is_the_zero_padded_big_endian_head() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..50_000 {
+            let a = rand_key(&mut rng);
+            let mut pad = [0u8; 16];
+            let n = a.len().min(16);
+            pad[..n].copy_from_slice(&a[..n]);
+            assert_eq!(prefix16(&a), u128::from_be_bytes(pad), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn key_order_equals_byte_order() {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let mut fixed: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0, 0], vec![0xFF], b"a".to_vec()];
+        fixed.push(b"user000000012345".to_vec());
+        fixed.push(b"user0000000123450".to_vec());
+        fixed.push(b"user000000012345\0".to_vec());
+        fixed.push(b"user00000001234".to_vec());
+        fixed.push(vec![0xFF; 16]);
+        fixed.push(vec![0xFF; 17]);
+        fixed.push(vec![0; 16]);
+        fixed.push(vec![0; 17]);
+        for a in &fixed {
+            for b in &fixed {
+                assert_eq!(key_cmp(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+        let mut pairs = 0;
+        while pairs < 250_000 {
+            let a = rand_key(&mut rng);
+            let b = if rng.gen_bool(0.75) { related_key(&mut rng, &a) } else { rand_key(&mut rng) };
+            let want = a.cmp(&b);
+            assert_eq!(key_cmp(&a, &b), want, "{a:?} vs {b:?}");
+            assert_eq!(KeyRef::new(&a).cmp(KeyRef::new(&b)), want, "{a:?} vs {b:?}");
+            let (ka, kb) = (MemKey::new(&a), MemKey::new(&b));
+            assert_eq!(ka.cmp(&kb), want, "{a:?} vs {b:?}");
+            assert_eq!(ka == kb, want.is_eq());
+            // The `Borrow` contract: the owned and borrowed orders agree.
+            assert_eq!(Borrow::<KeyRef>::borrow(&ka).cmp(KeyRef::new(&b)), want);
+            assert_eq!(ka.as_bytes(), &a[..]);
+            pairs += 1;
+        }
+    }
+
+    #[test]
+    fn iteration_and_lookups_match_a_vec_keyed_btreemap() {
+        let mut rng = StdRng::seed_from_u64(42);
+        for round in 0..20 {
+            let mut m = Memtable::new();
+            let mut reference: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            for i in 0..2_000u64 {
+                let key = match keys.len() {
+                    0 => rand_key(&mut rng),
+                    n => match rng.gen_range(0..4) {
+                        0 => keys[rng.gen_range(0..n)].clone(),
+                        1 => {
+                            let j = rng.gen_range(0..n);
+                            related_key(&mut rng, &keys[j])
+                        }
+                        2 => format!("user{:012}", rng.gen_range(0..5_000u64)).into_bytes(),
+                        _ => rand_key(&mut rng),
+                    },
+                };
+                let stamp = s(rng.gen_range(0..3_000), rng.gen_range(0..3));
+                let entry = if rng.gen_bool(0.2) {
+                    Entry::Tombstone { stamp }
+                } else {
+                    Entry::Value { value: i.to_be_bytes().to_vec(), stamp }
+                };
+                let want = reference.get(&key).is_none_or(|old| entry.supersedes(old));
+                if want {
+                    reference.insert(key.clone(), entry.clone());
+                }
+                let applied = match &entry {
+                    Entry::Value { value, stamp } if round % 2 == 0 => m.put(&key, value, *stamp),
+                    _ => m.insert(&key, entry),
+                };
+                assert_eq!(applied, want, "{key:?}");
+                keys.push(key);
+            }
+            let got: Vec<(&[u8], &Entry)> = m.iter().collect();
+            let expected: Vec<(&[u8], &Entry)> =
+                reference.iter().map(|(k, v)| (k.as_slice(), v)).collect();
+            assert_eq!(got, expected);
+            assert_eq!(m.len(), reference.len());
+            let bytes: u64 = reference.iter().map(|(k, v)| v.approx_bytes(k.len())).sum();
+            assert_eq!(m.approx_bytes(), bytes);
+            let tombs = reference.values().filter(|e| matches!(e, Entry::Tombstone { .. })).count();
+            assert_eq!(m.tombstones(), tombs as u64);
+            for _ in 0..2_000 {
+                let j = rng.gen_range(0..keys.len());
+                let probe = related_key(&mut rng, &keys[j]);
+                assert_eq!(m.get(&probe), reference.get(&probe), "{probe:?}");
+            }
+        }
     }
 }
