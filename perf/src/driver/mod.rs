@@ -20,7 +20,6 @@
 //! nothing panics on bytes from a server.
 
 mod kvs;
-mod oneshot;
 mod redis;
 mod resp;
 

@@ -50,7 +50,7 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::Task;
 
-use super::oneshot;
+use kvs_wire::client::oneshot;
 use super::resp::{self, ParseError, Reply};
 use super::{Driver, DriverError, DriverOptions, Target};
 

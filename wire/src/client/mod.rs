@@ -59,7 +59,7 @@
 //! - The client is `!Send`: it lives on one executor; clones share connections and topology.
 
 mod conn;
-mod oneshot;
+pub mod oneshot;
 #[cfg(test)]
 mod tests;
 

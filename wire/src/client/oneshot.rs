@@ -18,17 +18,17 @@ struct Slot<T> {
 }
 
 /// The sending side; consumed by [`Sender::send`].
-pub(crate) struct Sender<T>(Rc<Slot<T>>);
+pub struct Sender<T>(Rc<Slot<T>>);
 
 /// The receiving side; a future of the value.
-pub(crate) struct Receiver<T>(Rc<Slot<T>>);
+pub struct Receiver<T>(Rc<Slot<T>>);
 
 /// The sender was dropped without sending.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Canceled;
+pub struct Canceled;
 
 /// A connected pair.
-pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let slot = Rc::new(Slot {
         value: RefCell::new(None),
         waker: Cell::new(None),
@@ -39,7 +39,7 @@ pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
 
 impl<T> Sender<T> {
     /// Delivers `value` and wakes the receiver. A receiver that is gone simply never reads it.
-    pub(crate) fn send(self, value: T) {
+    pub fn send(self, value: T) {
         if let Ok(mut v) = self.0.value.try_borrow_mut() {
             *v = Some(value);
         }
