@@ -130,3 +130,115 @@ pub async fn file_bytes(path: impl AsRef<Path>) -> Result<u64, IoError> {
     file.close().await.map_err(|e| IoError::os("close after stat", path, e))?;
     Ok(len)
 }
+
+/// Replaces (or creates) `dir/name` with exactly `bytes`, atomically: the bytes go to
+/// `dir/tmp_name` first (created or truncated), which is fdatasync'd, renamed over `name`, and
+/// then `dir` is fsync'd. A crash at any point leaves either the old `name` (and possibly a
+/// partial `tmp_name`, which the caller must treat as garbage) or the complete new one.
+///
+/// Uses glommio's buffered file (io_uring, no alignment rules): meant for small files written
+/// rarely (a manifest), not for the data path. On an error the temporary file is removed on a
+/// best-effort basis.
+pub async fn write_file_atomic(
+    dir: impl AsRef<Path>,
+    name: &str,
+    tmp_name: &str,
+    bytes: &[u8],
+) -> Result<(), IoError> {
+    let dir = dir.as_ref();
+    let tmp = dir.join(tmp_name);
+    let dst = dir.join(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&tmp)
+        .await
+        .map_err(|e| IoError::os("create temporary file", &tmp, e))?;
+    let result = async {
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let chunk = bytes.get(pos..).unwrap_or_default().to_vec();
+            let written = file
+                .write_at(chunk, pos as u64)
+                .await
+                .map_err(|e| IoError::os("write temporary file", &tmp, e))?;
+            if written == 0 {
+                return Err(IoError::ShortWrite {
+                    path: tmp.clone(),
+                    offset: pos as u64,
+                    written_bytes: 0,
+                    expected_bytes: (bytes.len() - pos) as u64,
+                });
+            }
+            pos += written;
+        }
+        // IMPORTANT: the data must be durable before the rename makes it visible under `name`;
+        // otherwise a crash could leave `name` pointing at a torn or empty file.
+        file.fdatasync().await.map_err(|e| IoError::os("fdatasync temporary file", &tmp, e))?;
+        // IMPORTANT: rename is atomic: `name` is the old file or the new one, never a mix.
+        file.rename(&dst).await.map_err(|e| IoError::os("rename temporary file", &dst, e))?;
+        Ok(())
+    }
+    .await;
+    let renamed = result.is_ok();
+    let closed = file.close().await.map_err(|e| IoError::os("close", &dst, e));
+    if let Err(e) = result {
+        if !renamed {
+            let _ = remove_file_buffered(&tmp).await;
+        }
+        return Err(e);
+    }
+    closed?;
+    // IMPORTANT: the rename itself is durable only once the directory is fsync'd.
+    sync_dir(dir).await
+}
+
+/// Reads the file at `path` whole, but at most `max_bytes` of it: returns the bytes read and
+/// the file's size, so the caller can refuse a file larger than it expects without reading it.
+/// Buffered I/O, for small files (a manifest).
+pub async fn read_file_bounded(
+    path: impl AsRef<Path>,
+    max_bytes: u64,
+) -> Result<(Vec<u8>, u64), IoError> {
+    let path = path.as_ref();
+    let file = OpenOptions::new()
+        .read(true)
+        .buffered_open(path)
+        .await
+        .map_err(|e| IoError::os("open for read", path, e))?;
+    let result = async {
+        let size = file.file_size().await.map_err(|e| IoError::os("stat", path, e))?;
+        let want = size.min(max_bytes);
+        let mut out = Vec::with_capacity(want as usize);
+        while (out.len() as u64) < want {
+            let chunk = file
+                .read_at(out.len() as u64, (want - out.len() as u64) as usize)
+                .await
+                .map_err(|e| IoError::os("read", path, e))?;
+            if chunk.is_empty() {
+                break; // the file shrank under us: return what is there
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((out, size))
+    }
+    .await;
+    file.close().await.map_err(|e| IoError::os("close after read", path, e))?;
+    result
+}
+
+/// Removes the file at `path` through a buffered handle. Unlike [`remove_file`] it never
+/// opens a `DmaFile`, so removing a possibly empty file (a torn temporary file) cannot spoil
+/// glommio's per-device poll probe (see [`probe_device`]). The caller fsyncs the directory.
+pub async fn remove_file_buffered(path: impl AsRef<Path>) -> Result<(), IoError> {
+    let path = path.as_ref();
+    let file = OpenOptions::new()
+        .read(true)
+        .buffered_open(path)
+        .await
+        .map_err(|e| IoError::os("open for remove", path, e))?;
+    let removed = file.remove().await.map_err(|e| IoError::os("remove", path, e));
+    file.close().await.map_err(|e| IoError::os("close after remove", path, e))?;
+    removed
+}

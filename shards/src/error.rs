@@ -75,6 +75,42 @@ pub enum ShardError {
         /// The first failure, rendered.
         reason: String,
     },
+
+    /// A file's format version is not the one this build reads (the magic matched).
+    #[error(
+        "unsupported format version {found} in {path}: this build reads only version {supported}"
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u32,
+        /// The only version this build reads.
+        supported: u32,
+    },
+
+    /// `Manifest::open` found no manifest file in the directory.
+    #[error("no manifest in {dir}")]
+    ManifestMissing {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+
+    /// `Manifest::create` found a manifest already in place.
+    #[error("a manifest already exists: {path}")]
+    ManifestExists {
+        /// The manifest found.
+        path: PathBuf,
+    },
+
+    /// A manifest edit breaks an invariant of the table set (an unknown or duplicate table,
+    /// overlapping ranges in a level, a WAL position that goes backwards, ...). Nothing was
+    /// written.
+    #[error("invalid manifest edit: {reason}")]
+    InvalidEdit {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl ShardError {

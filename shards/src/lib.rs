@@ -38,11 +38,14 @@
     )
 )]
 
+pub mod compaction;
 mod engine;
 mod error;
 pub mod limits;
+pub mod manifest;
 pub mod memtable;
 mod options;
+pub mod sstable;
 mod types;
 pub mod wal;
 

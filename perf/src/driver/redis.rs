@@ -50,9 +50,9 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::Task;
 
-use kvs_wire::client::oneshot;
 use super::resp::{self, ParseError, Reply};
 use super::{Driver, DriverError, DriverOptions, Target};
+use kvs_wire::client::oneshot;
 
 /// Bytes the reader asks the socket for at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
