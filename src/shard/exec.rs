@@ -29,19 +29,33 @@ fn to_wire(s: kvs_shards::Stamp) -> Stamp {
     Stamp { hlc: s.hlc, node: s.node }
 }
 
-/// The key of a keyed request, validated; or the error to answer with.
-fn key_of(opcode: Opcode, body: &AlignedVec) -> Result<&[u8], (ErrorCode, String)> {
+/// The key of a keyed request, and a Put's value, from one validated access of the body.
+struct Keyed<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+}
+
+/// Validates a keyed request's body once and returns its key (and value); or the error to
+/// answer with.
+fn keyed(opcode: Opcode, body: &AlignedVec) -> Result<Keyed<'_>, (ErrorCode, String)> {
     let invalid =
         |e: msg::MsgError| (ErrorCode::InvalidRequest, format!("bad {opcode:?} body: {e}"));
-    let key = match opcode {
-        Opcode::Get => msg::access::<ArchivedGetRequest>(body).map_err(invalid)?.key.as_slice(),
-        Opcode::Put => msg::access::<ArchivedPutRequest>(body).map_err(invalid)?.key.as_slice(),
+    let keyed = match opcode {
+        Opcode::Get => {
+            let get = msg::access::<ArchivedGetRequest>(body).map_err(invalid)?;
+            Keyed { key: get.key.as_slice(), value: &[] }
+        }
+        Opcode::Put => {
+            let put = msg::access::<ArchivedPutRequest>(body).map_err(invalid)?;
+            Keyed { key: put.key.as_slice(), value: put.value.as_slice() }
+        }
         Opcode::Delete => {
-            msg::access::<ArchivedDeleteRequest>(body).map_err(invalid)?.key.as_slice()
+            let delete = msg::access::<ArchivedDeleteRequest>(body).map_err(invalid)?;
+            Keyed { key: delete.key.as_slice(), value: &[] }
         }
         _ => return Err((ErrorCode::InvalidRequest, format!("{opcode:?} carries no key"))),
     };
-    Ok(key)
+    Ok(keyed)
 }
 
 impl ExecutorCtx {
@@ -55,7 +69,7 @@ impl ExecutorCtx {
         body: AlignedVec,
         conn: Rc<ConnOut>,
     ) {
-        let owner = match key_of(opcode, &body).and_then(|key| self.check_key(key).map(|()| key)) {
+        let owner = match keyed(opcode, &body).and_then(|k| self.check_key(k.key).map(|()| k.key)) {
             Ok(key) => usize::from(shard_of(token_of(key), self.settings.shard_count).0),
             Err((code, message)) => {
                 bump(&self.counters.invalid_frames);
@@ -127,7 +141,7 @@ impl ExecutorCtx {
                 "request reached an executor with no storage".into(),
             ));
         };
-        let key = key_of(opcode, body)?;
+        let Keyed { key, value } = keyed(opcode, body)?;
         let owner = shard_of(token_of(key), self.settings.shard_count);
         if usize::from(owner.0) != self.index {
             return Err((
@@ -154,9 +168,6 @@ impl ExecutorCtx {
                     .map_err(encode_err)?;
             }
             Opcode::Put => {
-                let put = msg::access::<ArchivedPutRequest>(body)
-                    .map_err(|e| (ErrorCode::InvalidRequest, format!("bad Put body: {e}")))?;
-                let value = put.value.as_slice();
                 if value.len() > self.settings.value_bytes_max as usize {
                     return Err((
                         ErrorCode::TooLarge,
