@@ -3,7 +3,8 @@
 //! new keys through the shard-aware client with 128 requests in flight, records each key whose
 //! put was acknowledged, and SIGKILLs the server from another thread at a random moment while
 //! writes stream. The server is restarted and every key acknowledged in this or an earlier round
-//! is read back and compared with its value.
+//! is read back and compared with its value. The memtable budget is 1 MiB, so shards freeze and
+//! flush memtables to SSTables while writes stream and crashes land during and after flushes.
 
 #![allow(clippy::disallowed_methods, reason = "test threads may sleep: they are not executors")]
 
@@ -129,7 +130,8 @@ fn acknowledged_writes_survive_kill_9() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut acked_by_round: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for round in 0..ROUNDS {
-        let mut server = Server::start(dir.path(), &["--shards", "2", "--sync", "always"]);
+        let mut server =
+            Server::start(dir.path(), &["--shards", "2", "--sync", "always", "--memtable-mb", "1"]);
         // Everything acknowledged so far is there after the previous crash.
         let bad = verify(server.addr.clone(), acked_by_round.clone());
         assert!(
@@ -160,7 +162,8 @@ fn acknowledged_writes_survive_kill_9() {
         assert!(done.len() as u64 >= kill_after, "the server was killed mid-stream, not before it");
         acked_by_round.insert(round, done);
     }
-    let server = Server::start(dir.path(), &["--shards", "2", "--sync", "always"]);
+    let server =
+        Server::start(dir.path(), &["--shards", "2", "--sync", "always", "--memtable-mb", "1"]);
     let total: usize = acked_by_round.values().map(Vec::len).sum();
     let bad = verify(server.addr.clone(), acked_by_round);
     assert!(
@@ -170,4 +173,19 @@ fn acknowledged_writes_survive_kill_9() {
         &bad[..bad.len().min(5)]
     );
     println!("all {total} acknowledged writes read back after {ROUNDS} crashes");
+    // The 1 MiB memtable budget made the shards flush: some data was read back from SSTables.
+    let tables: usize = (0..2)
+        .map(|i| {
+            std::fs::read_dir(dir.path().join(format!("shard-{i}")))
+                .map(|d| {
+                    d.filter(|e| {
+                        e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sst"))
+                    })
+                    .count()
+                })
+                .unwrap_or(0)
+        })
+        .sum();
+    println!("{tables} SSTables on disk");
+    assert!(tables >= 1, "expected the 1 MiB memtable budget to force at least one flush");
 }

@@ -41,6 +41,10 @@ pub enum ShardError {
         key_bytes_max: u64,
     },
 
+    /// The key is empty (tables and the manifest record key ranges of non-empty keys).
+    #[error("empty key")]
+    EmptyKey,
+
     /// The value is longer than [`crate::limits::VALUE_BYTES_MAX`].
     #[error("value of {value_bytes} bytes exceeds the limit of {value_bytes_max}")]
     ValueTooLarge {

@@ -1,22 +1,26 @@
 //! kvs-shards: the per-core storage engine of one shard.
 //!
 //! # What is here
-//! - [`Engine`]: the shard's API for the node: `open` (with WAL replay), `put`, `delete`,
-//!   `get`, `stats`, `close`.
+//! - [`Engine`]: the shard's API for the node: `open` (manifest, tables, WAL replay), `put`,
+//!   `delete`, `get`, `stats`, `close`; memtable freeze and background flush to SSTables.
 //! - [`memtable`]: the sorted in-memory table, last-write-wins by [`Stamp`].
 //! - [`wal`]: segment naming, the WAL record payload and recovery. Framing, checksums and group
 //!   commit come from kvs-io.
 //! - [`ShardOptions`] / [`SyncMode`], [`limits`], [`ShardError`].
 //!
 //! # What is not
-//! No networking, no cluster knowledge (this crate may use kvs-io only). SSTables, flush,
-//! compaction, Bloom filters and the block cache come in later issues; the memtable budget is
-//! only reported for now.
+//! No networking, no cluster knowledge (this crate may use kvs-io only). Compaction (the
+//! [`compaction`] picker and merge exist but are not wired) and the block cache come in later
+//! issues: level-0 tables accumulate until then.
 //!
 //! # Data flow
 //! `put`/`delete` → WAL record appended to the current segment → group commit (one fdatasync
-//! for many writers) → memtable insert → acknowledged. `open` replays the WAL segments in
-//! order into a fresh memtable. The on-disk bytes are drawn in `shards/FORMAT.md`.
+//! for many writers) → memtable insert → acknowledged. A full memtable is frozen (the WAL rolls
+//! at the same moment) and flushed by a background task to a level-0 SSTable, committed in the
+//! manifest, after which the WAL segments it covers are removed. `get` reconciles memtable,
+//! frozen memtable and tables by stamp. `open` opens the manifest and its tables and replays
+//! the WAL segments from the flushed position into a fresh memtable. The on-disk bytes and the
+//! directory layout are drawn in `shards/FORMAT.md`.
 //!
 //! # Invariants
 //! - An acknowledged write is in the WAL, fdatasync'd in [`SyncMode::Always`] (written to the

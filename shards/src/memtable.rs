@@ -1,6 +1,6 @@
 //! The memtable: the sorted in-memory map of the newest version of each key.
 //!
-//! Today a `BTreeMap`; a later issue flushes it to SSTables through [`Memtable::iter`] (keys in
+//! Today a `BTreeMap`; the engine flushes it to SSTables through [`Memtable::iter`] (keys in
 //! order) and may change the structure behind the same interface.
 //!
 //! ## Invariants

@@ -31,8 +31,9 @@ pub struct ShardOptions {
     /// 64 MiB; a multiple of 4096 in
     /// [`limits::WAL_SEGMENT_BYTES_MIN`]..=[`limits::WAL_SEGMENT_BYTES_MAX`].
     pub wal_segment_bytes: u64,
-    /// Memtable budget in bytes. Default 64 MiB; at least [`limits::MEMTABLE_BYTES_MIN`].
-    /// Reported in stats only for now; flushing to SSTables comes later.
+    /// Memtable budget in bytes: a write that finds the memtable at this size freezes it and
+    /// a background task flushes it to an SSTable; with one flush running, memory stays near
+    /// twice this. Default 64 MiB; at least [`limits::MEMTABLE_BYTES_MIN`].
     pub memtable_bytes_max: u64,
 }
 

@@ -21,6 +21,7 @@ pub fn shard_error_code(e: &ShardError) -> ErrorCode {
         ShardError::Closed => ErrorCode::Unavailable,
         ShardError::Overloaded { .. } => ErrorCode::Overloaded,
         ShardError::KeyTooLarge { .. } | ShardError::ValueTooLarge { .. } => ErrorCode::TooLarge,
+        ShardError::EmptyKey => ErrorCode::InvalidRequest,
         _ => ErrorCode::Internal,
     }
 }

@@ -11,8 +11,8 @@
 //!   ([`SstableIter`]) for compaction.
 //!
 //! # What is not (yet)
-//! Not wired into the engine: flush, the manifest, recovery and compaction use it in a later
-//! session. There is no block cache: every [`SstableReader::get`] reads its block from disk
+//! Compaction does not use it yet (the engine's flush and recovery do). There is no block
+//! cache: every [`SstableReader::get`] reads its block from disk
 //! (the hook is `SstableReader::read_block`). Expiry is stored and returned, never applied:
 //! the engine decides with its clock. No prefix compression of keys.
 //!
@@ -30,8 +30,8 @@
 //!   [`ShardError::Corrupt`] naming the file and the region's offset, never returned as data
 //!   and never a panic.
 //! - A table becomes visible atomically: written as `*.sst.tmp`, fdatasync'd, renamed, and the
-//!   directory fsync'd. A crash before that leaves only the `.tmp` file, which recovery (next
-//!   session, in the engine) deletes: a `.tmp` is never read.
+//!   directory fsync'd. A crash before that leaves only the `.tmp` file, which recovery
+//!   (`Engine::open`) deletes: a `.tmp` is never read.
 //! - Readers and builders are `!Send` and live on one glommio executor.
 //!
 //! The bytes are drawn in `shards/FORMAT.md` ("SSTable").

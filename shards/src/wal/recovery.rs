@@ -60,8 +60,14 @@ pub struct RecoveryReport {
     /// The newest segment, if it had records but no seal (the process stopped without closing
     /// the engine) and recovery sealed it.
     pub sealed: Option<PathBuf>,
-    /// The greatest stamp replayed (the node seeds its clock above it).
+    /// The greatest stamp in the replayed WAL and in the SSTables the manifest lists (the
+    /// node seeds its clock above it).
     pub max_stamp: Option<Stamp>,
+    /// SSTables opened (listed in the manifest).
+    pub tables: u64,
+    /// Files removed because a crash left them: `*.sst.tmp`, and `*.sst` the manifest does
+    /// not list (a flush interrupted before its manifest commit).
+    pub stray_files_removed: u64,
 }
 
 /// The outcome of replay, for the engine.
@@ -70,14 +76,15 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
     /// One past the highest segment id ever seen in the directory.
     pub next_segment_id: u64,
-    /// Segments left on disk.
-    pub segments_kept: u64,
-    /// Bytes used (header and records) in the segments left on disk.
-    pub wal_bytes: u64,
+    /// Segments left on disk, as `(id, used bytes)`, in id order.
+    pub kept: Vec<(u64, u64)>,
 }
 
-/// Replays every segment in `wal_dir` (which exists) into a new memtable.
-pub(crate) async fn replay(wal_dir: &Path) -> Result<Recovered, ShardError> {
+/// Replays every segment in `wal_dir` (which exists) with id `>= from_segment` into a new
+/// memtable. Segments below `from_segment` are wholly in SSTables (the manifest's flushed
+/// position): a flush normally deletes them; a crash between its manifest commit and the
+/// deletion leaves them, and they are deleted here without being read.
+pub(crate) async fn replay(wal_dir: &Path, from_segment: u64) -> Result<Recovered, ShardError> {
     let mut segments: Vec<(u64, PathBuf)> = kvs_io::list_dir(wal_dir)
         .await
         .map_err(|e| ShardError::io(wal_dir, e))?
@@ -85,22 +92,27 @@ pub(crate) async fn replay(wal_dir: &Path) -> Result<Recovered, ShardError> {
         .filter_map(|p| parse_segment_name(&p).map(|id| (id, p)))
         .collect();
     segments.sort();
+    let highest_id = segments.last().map(|(id, _)| *id);
+    let mut removed_any = false;
+    let (flushed, segments): (Vec<_>, Vec<_>) =
+        segments.into_iter().partition(|(id, _)| *id < from_segment);
+    for (_, path) in flushed {
+        tracing::info!(path = %path.display(), "removing WAL segment already flushed to SSTables");
+        kvs_io::remove_file(&path).await.map_err(|e| ShardError::io(&path, e))?;
+        removed_any = true;
+    }
     let newest_id = segments.last().map(|(id, _)| *id);
     let mut out = Recovered {
         memtable: Memtable::new(),
         report: RecoveryReport::default(),
-        next_segment_id: newest_id.map_or(1, |id| id.saturating_add(1)),
-        segments_kept: 0,
-        wal_bytes: 0,
+        // Never below the flushed position: a segment created later must be replayed.
+        next_segment_id: highest_id.map_or(1, |id| id.saturating_add(1)).max(from_segment),
+        kept: Vec::new(),
     };
-    let mut removed_any = false;
     for (id, path) in segments {
         let newest = Some(id) == newest_id;
         match replay_segment(&path, id, newest, &mut out).await? {
-            Some(used_bytes) => {
-                out.segments_kept += 1;
-                out.wal_bytes += used_bytes;
-            }
+            Some(used_bytes) => out.kept.push((id, used_bytes)),
             None => {
                 debug_assert!(newest, "only the newest segment is ever removed");
                 kvs_io::remove_file(&path).await.map_err(|e| ShardError::io(&path, e))?;
@@ -110,7 +122,8 @@ pub(crate) async fn replay(wal_dir: &Path) -> Result<Recovered, ShardError> {
     }
     if removed_any {
         // IMPORTANT: make the removals durable before a new segment is created, so a crash
-        // cannot bring an empty (or headerless) segment back below the new newest one.
+        // cannot bring an empty (or headerless) segment back below the new newest one (or a
+        // flushed segment back at all).
         kvs_io::sync_dir(wal_dir).await.map_err(|e| ShardError::io(wal_dir, e))?;
     }
     Ok(out)
