@@ -102,6 +102,9 @@ pub struct ServerArgs {
     /// WAL segment size, MiB [default: 64].
     #[arg(long)]
     pub wal_segment_mb: Option<u64>,
+    /// Block cache per shard, MiB; 0 disables it [default: 64].
+    #[arg(long)]
+    pub block_cache_mb: Option<u64>,
     /// Requests in flight per connection before reading pauses [default: 1024].
     #[arg(long)]
     pub connection_inflight_max: Option<usize>,
@@ -155,6 +158,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.wal_segment_mb {
             c.wal_segment_mb = v;
+        }
+        if let Some(v) = self.block_cache_mb {
+            c.block_cache_mb = v;
         }
         if let Some(v) = self.connection_inflight_max {
             c.connection_inflight_max = v;

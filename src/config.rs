@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub wal_segment_mb: u64,
     /// Memtable budget per shard, MiB. Default 64.
     pub memtable_mb: u64,
+    /// Block cache per shard (verified, decompressed SSTable data blocks), MiB. Default 64;
+    /// 0 disables it.
+    pub block_cache_mb: u64,
     /// Requests in flight on one connection before the node stops reading from it. Default 1024.
     pub connection_inflight_max: usize,
     /// Open client connections per shard (and on the node port); more are refused. Default 4096.
@@ -75,6 +78,7 @@ impl Default for NodeConfig {
             vnodes: VNODES_DEFAULT,
             wal_segment_mb: 64,
             memtable_mb: 64,
+            block_cache_mb: 64,
             connection_inflight_max: 1024,
             connections_max: 4096,
             forward_queue_max: 1024,
@@ -146,6 +150,7 @@ impl NodeConfig {
             sync_period_ms: self.sync_period_ms,
             wal_segment_bytes: self.wal_segment_mb.saturating_mul(1024 * 1024),
             memtable_bytes_max: self.memtable_mb.saturating_mul(1024 * 1024),
+            block_cache_bytes: self.block_cache_mb.saturating_mul(1024 * 1024),
         }
     }
 
@@ -238,6 +243,11 @@ mod tests {
         let c: NodeConfig = toml::from_str("shards = 3\nsync = \"periodic\"\nvnodes = 16").unwrap();
         assert_eq!((c.shard_count(), c.sync, c.vnodes), (3, SyncSetting::Periodic, 16));
         assert_eq!(c.memtable_mb, 64);
+        assert_eq!(c.block_cache_mb, 64);
+        assert_eq!(c.shard_options(0).block_cache_bytes, 64 * 1024 * 1024);
+        let c: NodeConfig = toml::from_str("block_cache_mb = 0").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.shard_options(1).block_cache_bytes, 0);
         assert!(toml::from_str::<NodeConfig>("shardz = 3").is_err());
     }
 

@@ -165,7 +165,7 @@ fn acknowledged_writes_survive_kill_9() {
     let server =
         Server::start(dir.path(), &["--shards", "2", "--sync", "always", "--memtable-mb", "1"]);
     let total: usize = acked_by_round.values().map(Vec::len).sum();
-    let bad = verify(server.addr.clone(), acked_by_round);
+    let bad = verify(server.addr.clone(), acked_by_round.clone());
     assert!(
         bad.is_empty(),
         "{} of {total} acknowledged keys lost, e.g. {:?}",
@@ -173,19 +173,53 @@ fn acknowledged_writes_survive_kill_9() {
         &bad[..bad.len().min(5)]
     );
     println!("all {total} acknowledged writes read back after {ROUNDS} crashes");
-    // The 1 MiB memtable budget made the shards flush: some data was read back from SSTables.
-    let tables: usize = (0..2)
-        .map(|i| {
-            std::fs::read_dir(dir.path().join(format!("shard-{i}")))
-                .map(|d| {
-                    d.filter(|e| {
-                        e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sst"))
+    // Whether a flush finished before each kill is timing; make sure the store also works with
+    // tables on disk: write past the 1 MiB budget on both shards, wait (bounded) for the
+    // background flushes, and read everything again, from SSTables this time.
+    let tables_on_disk = || -> usize {
+        (0..2)
+            .map(|i| {
+                std::fs::read_dir(dir.path().join(format!("shard-{i}")))
+                    .map(|d| {
+                        d.filter(|e| {
+                            e.as_ref()
+                                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sst"))
+                        })
+                        .count()
                     })
-                    .count()
-                })
-                .unwrap_or(0)
-        })
-        .sum();
-    println!("{tables} SSTables on disk");
-    assert!(tables >= 1, "expected the 1 MiB memtable budget to force at least one flush");
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let before = tables_on_disk();
+    let filler = write_round(
+        server.addr.clone(),
+        99,
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(filler.len() as u64, KEYS_PER_ROUND, "every filler write is acknowledged");
+    let filler2 = write_round(
+        server.addr.clone(),
+        98,
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(filler2.len() as u64, KEYS_PER_ROUND);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tables_on_disk() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tables = tables_on_disk();
+    println!("SSTables on disk: {before} after the crashes, {tables} after the filler writes");
+    assert!(tables > before, "writing past the memtable budget must flush a table");
+    acked_by_round.insert(99, filler);
+    acked_by_round.insert(98, filler2);
+    let bad = verify(server.addr.clone(), acked_by_round);
+    assert!(
+        bad.is_empty(),
+        "{} keys lost with tables on disk, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
 }

@@ -64,6 +64,7 @@
 //!   I/O error: durability can no longer be promised until a restart replays the WAL.
 //! - Dropping the engine (a simulated crash) cancels the flush task wherever it is.
 
+use crate::cache::BlockCache;
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::manifest::{self, Manifest, ManifestEdit, TableMeta, WalPosition};
 use crate::memtable::{Entry, Memtable};
@@ -150,6 +151,13 @@ pub struct EngineStats {
     pub tables: u64,
     /// Bytes of the live SSTables.
     pub table_bytes: u64,
+    /// Table block reads served by the block cache since open.
+    pub block_cache_hits: u64,
+    /// Table block reads the block cache did not hold (read from disk) since open; 0 when
+    /// the cache is disabled.
+    pub block_cache_misses: u64,
+    /// Bytes of blocks in the block cache.
+    pub block_cache_bytes: u64,
 }
 
 /// Counters of writers already closed (rolled), added to the current writer's.
@@ -169,6 +177,8 @@ pub struct Engine {
     memtable: RefCell<Memtable>,
     /// The frozen memtable being flushed, and the first segment it does not cover.
     immutable: RefCell<Option<(Rc<Memtable>, u64)>>,
+    /// The shard's block cache, shared by every table reader.
+    cache: Rc<BlockCache>,
     /// Live tables, newest (greatest id) first.
     tables: RefCell<Vec<Rc<SstableReader>>>,
     /// `None` while the flush task holds it.
@@ -230,10 +240,14 @@ impl Engine {
         let stray_files_removed = remove_stray_tables(&dir, manifest.state()).await?;
         let mut metas: Vec<&TableMeta> = manifest.state().tables().collect();
         metas.sort_by_key(|t| std::cmp::Reverse(t.id));
+        // One cache per engine: a reopened shard starts cold, so table ids reused after a
+        // crash (see `manifest`) can never meet blocks of an older table of the same id.
+        let cache = Rc::new(BlockCache::new(opts.block_cache_bytes));
         let mut tables = Vec::with_capacity(metas.len());
         for meta in metas {
             let path = dir.join(sstable::TableId(meta.id.0).file_name());
-            tables.push(Rc::new(SstableReader::open(&path).await?));
+            let reader = SstableReader::open_with_cache(&path, Some(Rc::clone(&cache))).await?;
+            tables.push(Rc::new(reader));
         }
         let flushed = manifest.state().flushed;
         let recovered = recovery::replay(&wal_dir, flushed.segment_id).await?;
@@ -259,6 +273,7 @@ impl Engine {
             opts,
             wal_dir,
             me: me.clone(),
+            cache,
             memtable: RefCell::new(recovered.memtable),
             immutable: RefCell::new(None),
             tables: RefCell::new(tables),
@@ -355,6 +370,7 @@ impl Engine {
         let current_segments = u64::from(segment_id != 0);
         let segments = self.segments.borrow();
         let tables = self.tables.borrow();
+        let cache = self.cache.stats();
         EngineStats {
             keys: memtable.len() as u64,
             tombstones: memtable.tombstones(),
@@ -374,6 +390,9 @@ impl Engine {
             flush_failures: self.flush_failures.get(),
             tables: tables.len() as u64,
             table_bytes: tables.iter().map(|t| t.file_bytes()).sum(),
+            block_cache_hits: cache.hits,
+            block_cache_misses: cache.misses,
+            block_cache_bytes: cache.bytes,
         }
     }
 
@@ -612,6 +631,7 @@ fn consider(best: &mut Option<Entry>, candidate: Entry) {
 /// What a flush needs from the engine, taken out synchronously.
 struct FlushJob {
     dir: PathBuf,
+    cache: Rc<BlockCache>,
     wal_dir: PathBuf,
     memtable: Rc<Memtable>,
     first_unfrozen: u64,
@@ -633,14 +653,15 @@ async fn flush_loop(engine: Weak<Engine>) {
             };
             FlushJob {
                 dir: e.opts.dir.clone(),
+                cache: Rc::clone(&e.cache),
                 wal_dir: e.wal_dir.clone(),
                 memtable,
                 first_unfrozen,
                 manifest,
             }
         };
-        let FlushJob { dir, wal_dir, memtable, first_unfrozen, mut manifest } = job;
-        let result = flush_memtable(&dir, &memtable, first_unfrozen, &mut manifest).await;
+        let FlushJob { dir, cache, wal_dir, memtable, first_unfrozen, mut manifest } = job;
+        let result = flush_memtable(&dir, cache, &memtable, first_unfrozen, &mut manifest).await;
         let Some(e) = engine.upgrade() else { return };
         *e.manifest.borrow_mut() = Some(manifest);
         match result {
@@ -692,6 +713,7 @@ async fn flush_loop(engine: Weak<Engine>) {
 /// is removed (best effort; an open removes any leftover).
 async fn flush_memtable(
     dir: &Path,
+    cache: Rc<BlockCache>,
     memtable: &Memtable,
     first_unfrozen: u64,
     manifest: &mut Manifest,
@@ -709,7 +731,7 @@ async fn flush_memtable(
     };
     let mut commit_attempted = false;
     let committed = async {
-        let reader = SstableReader::open(&path).await?;
+        let reader = SstableReader::open_with_cache(&path, Some(cache)).await?;
         let meta = TableMeta {
             id,
             level: 0,

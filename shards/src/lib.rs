@@ -10,8 +10,9 @@
 //!
 //! # What is not
 //! No networking, no cluster knowledge (this crate may use kvs-io only). Compaction (the
-//! [`compaction`] picker and merge exist but are not wired) and the block cache come in later
-//! issues: level-0 tables accumulate until then.
+//! [`compaction`] picker and merge exist but are not wired) comes in a later issue: level-0
+//! tables accumulate until then. Each engine has a [`cache::BlockCache`] of data blocks
+//! (`ShardOptions::block_cache_bytes`).
 //!
 //! # Data flow
 //! `put`/`delete` → WAL record appended to the current segment → group commit (one fdatasync
@@ -42,6 +43,7 @@
     )
 )]
 
+pub mod cache;
 pub mod compaction;
 mod engine;
 mod error;

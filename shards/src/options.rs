@@ -35,6 +35,9 @@ pub struct ShardOptions {
     /// a background task flushes it to an SSTable; with one flush running, memory stays near
     /// twice this. Default 64 MiB; at least [`limits::MEMTABLE_BYTES_MIN`].
     pub memtable_bytes_max: u64,
+    /// Budget of the shard's block cache (verified, decompressed SSTable data blocks), in
+    /// bytes. Default 64 MiB; 0 disables the cache (every table read goes to disk).
+    pub block_cache_bytes: u64,
 }
 
 impl Default for ShardOptions {
@@ -45,6 +48,7 @@ impl Default for ShardOptions {
             sync_period_ms: 10,
             wal_segment_bytes: 64 * 1024 * 1024,
             memtable_bytes_max: 64 * 1024 * 1024,
+            block_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -86,6 +90,7 @@ impl ShardOptions {
                 ),
             );
         }
+        // `block_cache_bytes`: any value is valid (u64, so >= 0); 0 disables the cache.
         Ok(())
     }
 
@@ -113,6 +118,8 @@ mod tests {
     fn defaults_validate_and_bounds_are_enforced() {
         let ok = ShardOptions::default();
         ok.validate().unwrap();
+        assert_eq!(ok.block_cache_bytes, 64 * 1024 * 1024);
+        ShardOptions { block_cache_bytes: 0, ..ok.clone() }.validate().unwrap();
         assert_eq!(ok.sync, SyncMode::Always);
         assert_eq!(ok.sync_period_ms, 10);
         for bad in [

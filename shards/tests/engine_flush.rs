@@ -249,7 +249,15 @@ fn crash_during_or_after_flush_loses_no_acknowledged_write() {
                 }
             }
             let (engine, report) = Engine::open(opts.clone()).await.unwrap();
-            assert!(report.tables >= 2, "{report:?}");
+            // How many flushes finished before each crash depends on timing, so the table count
+            // is not asserted here (reads served from flushed tables are tested elsewhere);
+            // what must hold at any timing: every acknowledged write, and only listed tables.
+            assert_eq!(
+                files_with_suffix(&path, ".sst").len() as u64,
+                report.tables,
+                "every table on disk is listed: {report:?}"
+            );
+            assert!(files_with_suffix(&path, ".sst.tmp").is_empty(), "{report:?}");
             for (k, want) in &model {
                 assert_eq!(&engine.get(k).await.unwrap(), want, "final key {k:?}");
             }

@@ -4,16 +4,19 @@
 //! Method: build a small table (zstd and uncompressed), read its layout (blocks, index,
 //! bloom, footer offsets) from a clean open, then for each case copy the file under its own
 //! name into a fresh directory, flip one bit (or truncate) with plain `std::fs`, reopen and
-//! query every key. Finally flip many pseudo-random bits across the whole file and check that
+//! query every key twice through a block cache (the second pass must agree with the first:
+//! a damaged block is never cached, a good one is served from the cache). Finally flip many pseudo-random bits across the whole file and check that
 //! each read is either the right answer or `Corrupt`.
 
 mod support;
 
+use kvs_shards::cache::BlockCache;
 use kvs_shards::sstable::{
     Compression, SstEntry, SstValue, SstableBuilder, SstableOptions, SstableReader, TableId,
 };
 use kvs_shards::{ShardError, Stamp};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 const N: u64 = 2000;
 const ID: TableId = TableId(5);
@@ -99,21 +102,40 @@ fn check(bytes: Vec<u8>) -> Outcome {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         };
-        let r = match SstableReader::open(&path).await {
+        let cache = Rc::new(BlockCache::new(1 << 20));
+        let r = match SstableReader::open_with_cache(&path, Some(Rc::clone(&cache))).await {
             Ok(r) => r,
             Err(e) => {
                 out.open_corrupt = Some(corrupt_offset(e));
                 return out;
             }
         };
-        for e in entries() {
-            match r.get(&e.key).await {
-                Ok(got) => {
-                    assert_eq!(got.as_ref(), Some(&e), "wrong answer from a damaged table");
-                    out.correct += 1;
+        let mut first = Vec::new();
+        for pass in 0..2 {
+            for (i, e) in entries().into_iter().enumerate() {
+                let result = match r.get(&e.key).await {
+                    Ok(got) => {
+                        assert_eq!(got.as_ref(), Some(&e), "wrong answer from a damaged table");
+                        None
+                    }
+                    Err(err) => Some(corrupt_offset(err).0),
+                };
+                if pass == 0 {
+                    match result {
+                        None => out.correct += 1,
+                        Some(o) => out.get_corrupt.push(o),
+                    }
+                    first.push(result);
+                } else {
+                    assert_eq!(result, first[i], "cached read differs for key {i}");
                 }
-                Err(err) => out.get_corrupt.push(corrupt_offset(err).0),
             }
+        }
+        for &o in &out.get_corrupt {
+            assert!(cache.get((ID.0, o)).is_none(), "damaged block at {o} was cached");
+        }
+        if out.correct > 0 {
+            assert!(cache.stats().hits > 0 && r.stats().cache_hits > 0, "{:?}", cache.stats());
         }
         let mut it = r.iter();
         let expected = entries();

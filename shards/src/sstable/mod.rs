@@ -11,9 +11,10 @@
 //!   ([`SstableIter`]) for compaction.
 //!
 //! # What is not (yet)
-//! Compaction does not use it yet (the engine's flush and recovery do). There is no block
-//! cache: every [`SstableReader::get`] reads its block from disk
-//! (the hook is `SstableReader::read_block`). Expiry is stored and returned, never applied:
+//! Compaction does not use it yet (the engine's flush and recovery do). A reader opened with
+//! [`SstableReader::open_with_cache`] serves blocks from the shard's
+//! [`BlockCache`](crate::cache::BlockCache) and caches each block `get` reads, after its
+//! checks; without one every `get` reads its block from disk. Expiry is stored and returned, never applied:
 //! the engine decides with its clock. No prefix compression of keys.
 //!
 //! # Data flow

@@ -7,12 +7,14 @@ use super::format::{
     COMPRESSION_NONE, COMPRESSION_ZSTD, FOOTER_BYTES,
 };
 use super::{SstEntry, TableId};
+use crate::cache::BlockCache;
 use crate::error::ShardError;
 use crate::types::Stamp;
 use glommio::io::DmaFile;
 use kvs_io::IoError;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Counters of one reader, for the engine's stats and tuning of the bloom filter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,8 +27,11 @@ pub struct ReaderStats {
     pub bloom_negatives: u64,
     /// Keys the bloom filter let through that the table does not hold (a block read wasted).
     pub bloom_false_positives: u64,
-    /// Data blocks read from disk (by `get` and by iterators).
+    /// Data blocks read from disk (by `get` and by iterators); blocks served by the block
+    /// cache are not counted here.
     pub blocks_read: u64,
+    /// Data blocks served by the block cache.
+    pub cache_hits: u64,
 }
 
 /// An open table. `!Send`: it lives on the executor that opened it.
@@ -39,6 +44,8 @@ pub struct SstableReader {
     blocks: Vec<BlockHandle>,
     bloom: KeyBloom,
     stats: Cell<ReaderStats>,
+    /// The shard's block cache, if any.
+    cache: Option<Rc<BlockCache>>,
 }
 
 fn os_err(op: &'static str, path: &Path, e: impl Into<std::io::Error>) -> ShardError {
@@ -50,6 +57,15 @@ impl SstableReader {
     /// the index block and the bloom block (crc and structure). Damage anywhere in them is
     /// `ShardError::Corrupt` with the file and the offset of the damaged region.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, ShardError> {
+        Self::open_with_cache(path, None).await
+    }
+
+    /// [`SstableReader::open`] with the shard's block cache: `get` looks blocks up there
+    /// first and caches every block it reads (after its checks).
+    pub async fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache: Option<Rc<BlockCache>>,
+    ) -> Result<Self, ShardError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             kvs_io::probe_device(dir).await.map_err(|e| ShardError::io(dir, e))?;
@@ -65,6 +81,7 @@ impl SstableReader {
                 blocks,
                 bloom,
                 stats: Cell::new(ReaderStats::default()),
+                cache,
             }),
             Err(e) => {
                 // Best effort: the open error is what the caller needs to see.
@@ -210,7 +227,7 @@ impl SstableReader {
             self.bump(|s| s.bloom_false_positives += 1);
             return Ok(None);
         }
-        let raw = self.read_block(i).await?;
+        let raw = self.read_block(i, true).await?;
         let handle =
             self.blocks.get(i).ok_or_else(|| self.corrupt_block(i, "no such block".into()))?;
         let found = BlockView::parse(&raw)
@@ -233,13 +250,30 @@ impl SstableReader {
         }
     }
 
-    /// Reads block `i` and returns its uncompressed, checked bytes: crc over the stored bytes,
-    /// decompression to exactly the indexed length, and the block's last key equal to the
-    /// index's (a pair check between index and data).
-    ///
-    /// HOOK(block cache, next session): look up `(table id, block offset)` here before the
-    /// read and insert the checked bytes after it; every reader of a block goes through here.
-    pub(crate) async fn read_block(&self, i: usize) -> Result<Vec<u8>, ShardError> {
+    /// Block `i`'s uncompressed, checked bytes: from the block cache if it holds them,
+    /// otherwise read from disk and checked (see [`Self::read_block_from_disk`]) and, with
+    /// `fill`, cached. Only checked bytes are cached, so a damaged block is reported on every
+    /// read. Iterators (compaction) pass `fill = false` so a full scan does not flush the
+    /// cache of its hot blocks.
+    pub(crate) async fn read_block(&self, i: usize, fill: bool) -> Result<Rc<[u8]>, ShardError> {
+        let h = self.blocks.get(i).ok_or_else(|| self.corrupt_block(i, "no such block".into()))?;
+        let key = (self.footer.table_id, h.offset);
+        let cache = self.cache.as_ref().filter(|c| c.enabled());
+        if let Some(raw) = cache.and_then(|c| c.get(key)) {
+            self.bump(|s| s.cache_hits += 1);
+            return Ok(raw);
+        }
+        let raw: Rc<[u8]> = self.read_block_from_disk(i).await?.into();
+        if let (Some(c), true) = (cache, fill) {
+            c.insert(key, Rc::clone(&raw));
+        }
+        Ok(raw)
+    }
+
+    /// Reads block `i` from disk and returns its uncompressed, checked bytes: crc over the
+    /// stored bytes, decompression to exactly the indexed length, and the block's last key
+    /// equal to the index's (a pair check between index and data).
+    async fn read_block_from_disk(&self, i: usize) -> Result<Vec<u8>, ShardError> {
         let h = self.blocks.get(i).ok_or_else(|| self.corrupt_block(i, "no such block".into()))?;
         self.bump(|s| s.blocks_read += 1);
         let stored =
@@ -337,7 +371,7 @@ impl SstableIter<'_> {
             if i >= self.reader.blocks.len() {
                 return Ok(None);
             }
-            let raw = self.reader.read_block(i).await?;
+            let raw = self.reader.read_block(i, false).await?;
             let view = BlockView::parse(&raw).map_err(|r| self.reader.corrupt_block(i, r))?;
             for j in 0..view.len() {
                 let e = view.entry(j).map_err(|r| self.reader.corrupt_block(i, r))?;
