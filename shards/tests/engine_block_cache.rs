@@ -7,24 +7,9 @@
 
 mod support;
 
+use support::{value_of, wait_flushed};
+
 use kvs_shards::{Engine, Lookup, ShardOptions, SyncMode};
-use std::time::Duration;
-
-fn value_of(i: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (i as u8).wrapping_mul(31) ^ (j as u8)).collect()
-}
-
-/// Waits until `engine` committed at least `n` flushes and holds no immutable memtable.
-async fn wait_flushed(engine: &Engine, n: u64) {
-    for _ in 0..10_000 {
-        let s = engine.stats();
-        if s.flushes >= n && s.immutable_bytes == 0 {
-            return;
-        }
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("flush did not finish: {:?}", engine.stats());
-}
 
 /// After a flush, a repeated get of a key that lives only in a table is served by the block
 /// cache (hits grow, misses do not); with the cache disabled every such get reads the disk.

@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::{value_of, wait_flushed};
+
 use kvs_shards::{Engine, Lookup, ShardError, ShardOptions, SyncMode};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,22 +23,6 @@ fn flush_opts(dir: &Path, sync: SyncMode) -> ShardOptions {
         memtable_bytes_max: kvs_shards::limits::MEMTABLE_BYTES_MIN,
         ..support::small_opts(dir, sync)
     }
-}
-
-fn value_of(i: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (i as u8).wrapping_mul(31) ^ (j as u8)).collect()
-}
-
-/// Waits until `engine` committed at least `n` flushes and holds no immutable memtable.
-async fn wait_flushed(engine: &Engine, n: u64) {
-    for _ in 0..10_000 {
-        let s = engine.stats();
-        if s.flushes >= n && s.immutable_bytes == 0 {
-            return;
-        }
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("flush did not finish: {:?}", engine.stats());
 }
 
 fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<String> {

@@ -38,20 +38,18 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::Task;
 
 use super::resp::{self, ParseError, Reply};
 use super::{Driver, DriverError, DriverOptions, Target};
+use kvs_wire::client::net::{resolve, Half};
 use kvs_wire::client::oneshot;
 
 /// Bytes the reader asks the socket for at a time.
@@ -286,65 +284,6 @@ impl Drop for RedisDriver {
     fn drop(&mut self) {
         self.shared.fail(Failure::Closed);
         // Dropping `self.tasks` cancels both tasks, which closes the socket.
-    }
-}
-
-/// Parses `host:port`. IP literals never block; a host name goes through the system resolver.
-fn resolve(addr: &str) -> io::Result<SocketAddr> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    addr.to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("address {addr} resolves to nothing"))
-    })
-}
-
-/// One direction of the socket. glommio's stream keeps separate readiness sources for reading
-/// and writing, so the reader and the writer can each have an operation outstanding; the
-/// `RefCell` is borrowed only for one synchronous `poll_*` call.
-struct Half(Rc<RefCell<TcpStream>>);
-
-fn busy() -> io::Error {
-    io::Error::other("socket borrowed twice (bug)")
-}
-
-impl AsyncRead for Half {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_read(cx, buf),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
-}
-
-impl AsyncWrite for Half {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_write(cx, buf),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_flush(cx),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_close(cx),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
     }
 }
 

@@ -45,3 +45,20 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 pub fn stamp(hlc: u64) -> Stamp {
     Stamp { hlc, node: 1 }
 }
+
+/// A deterministic value of `len` bytes for write number `i`.
+pub fn value_of(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as u8).wrapping_mul(31) ^ (j as u8)).collect()
+}
+
+/// Waits until `engine` committed at least `n` flushes and holds no immutable memtable.
+pub async fn wait_flushed(engine: &kvs_shards::Engine, n: u64) {
+    for _ in 0..10_000 {
+        let s = engine.stats();
+        if s.flushes >= n && s.immutable_bytes == 0 {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("flush did not finish: {:?}", engine.stats());
+}

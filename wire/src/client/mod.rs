@@ -59,6 +59,7 @@
 //! - The client is `!Send`: it lives on one executor; clones share connections and topology.
 
 mod conn;
+pub mod net;
 pub mod oneshot;
 #[cfg(test)]
 mod tests;
