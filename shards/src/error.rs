@@ -63,6 +63,14 @@ pub enum ShardError {
         pending_bytes_max: u64,
     },
 
+    /// A table builder was fed input it cannot write (keys out of order, an empty table, a
+    /// call after finish): a bug in the caller, never caused by data from outside.
+    #[error("invalid SSTable builder input: {reason}")]
+    SstableInput {
+        /// What was wrong.
+        reason: String,
+    },
+
     /// An option is out of range.
     #[error("invalid shard option {field}: {reason}")]
     InvalidOptions {

@@ -31,9 +31,7 @@ fn os_err(op: &'static str, path: &Path, e: impl Into<std::io::Error>) -> ShardE
 }
 
 fn misuse(reason: String) -> ShardError {
-    // TODO(wiring): a dedicated `ShardError::SstableInput` variant; error.rs is being edited
-    // concurrently (manifest work), so this increment reuses `InvalidOptions`.
-    ShardError::InvalidOptions { field: "sstable builder input", reason }
+    ShardError::SstableInput { reason }
 }
 
 /// Builds one table. Create with [`SstableBuilder::create`], feed entries in strictly
