@@ -72,6 +72,7 @@ use crate::options::{ShardOptions, SyncMode};
 use crate::sstable::{
     self, EntryRef, SstValue, SstValueRef, SstableBuilder, SstableOptions, SstableReader,
 };
+use crate::stats::{EngineStats, LevelStats};
 use crate::types::{Lookup, Stamp};
 use crate::wal::record::WalRecord;
 use crate::wal::recovery::{self, RecoveryReport};
@@ -110,54 +111,6 @@ fn flush_queue() -> TaskQueueHandle {
             h
         })
     })
-}
-
-/// A snapshot of the engine's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Keys in the memtable, tombstones included.
-    pub keys: u64,
-    /// Tombstones in the memtable.
-    pub tombstones: u64,
-    /// Estimated memtable memory, in bytes.
-    pub memtable_bytes: u64,
-    /// The memtable budget from the options, in bytes.
-    pub memtable_bytes_max: u64,
-    /// Estimated memory of the immutable memtable being flushed (0 when none).
-    pub immutable_bytes: u64,
-    /// Bytes used (headers and records) in the WAL segments on disk.
-    pub wal_bytes: u64,
-    /// WAL segments on disk.
-    pub wal_segments: u64,
-    /// The id of the segment being written.
-    pub wal_segment_id: u64,
-    /// WAL fdatasyncs since open.
-    pub syncs: u64,
-    /// WAL records written since open.
-    pub records_written: u64,
-    /// WAL write calls since open.
-    pub wal_writes: u64,
-    /// Puts acknowledged since open.
-    pub puts: u64,
-    /// Deletes acknowledged since open.
-    pub deletes: u64,
-    /// Gets served since open.
-    pub gets: u64,
-    /// Memtable flushes committed since open.
-    pub flushes: u64,
-    /// Flush attempts that failed since open (each is retried).
-    pub flush_failures: u64,
-    /// Live SSTables.
-    pub tables: u64,
-    /// Bytes of the live SSTables.
-    pub table_bytes: u64,
-    /// Table block reads served by the block cache since open.
-    pub block_cache_hits: u64,
-    /// Table block reads the block cache did not hold (read from disk) since open; 0 when
-    /// the cache is disabled.
-    pub block_cache_misses: u64,
-    /// Bytes of blocks in the block cache.
-    pub block_cache_bytes: u64,
 }
 
 /// Counters of writers already closed (rolled), added to the current writer's.
@@ -393,6 +346,12 @@ impl Engine {
             block_cache_hits: cache.hits,
             block_cache_misses: cache.misses,
             block_cache_bytes: cache.bytes,
+            levels: vec![LevelStats {
+                tables: tables.len() as u64,
+                bytes: tables.iter().map(|t| t.file_bytes()).sum(),
+            }],
+            wal_bytes_written: 0,
+            ..EngineStats::default()
         }
     }
 

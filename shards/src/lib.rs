@@ -52,11 +52,13 @@ pub mod manifest;
 pub mod memtable;
 mod options;
 pub mod sstable;
+mod stats;
 mod types;
 pub mod wal;
 
-pub use engine::{Engine, EngineStats};
+pub use engine::Engine;
 pub use error::ShardError;
 pub use options::{ShardOptions, SyncMode};
+pub use stats::{EngineStats, LevelStats};
 pub use types::{Lookup, Stamp};
 pub use wal::recovery::{RecoveryReport, TornTail};
