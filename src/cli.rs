@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use kvs_wire::client::{Client, ClientError, ClientOptions};
 
-use crate::config::{NodeConfig, SyncSetting};
+use crate::config::{CompactionSetting, CompressionSetting, NodeConfig, SyncSetting};
 
 #[derive(Parser, Debug)]
 #[command(name = "kvs", version, about = "kvs: a thread-per-core distributed key-value store")]
@@ -105,6 +105,39 @@ pub struct ServerArgs {
     /// Block cache per shard, MiB; 0 disables it [default: 64].
     #[arg(long)]
     pub block_cache_mb: Option<u64>,
+    /// Compaction style [default: leveled].
+    #[arg(long, value_enum)]
+    pub compaction: Option<CompactionSetting>,
+    /// Compaction I/O budget per shard, MiB/s; 0 = unlimited [default: 256].
+    #[arg(long)]
+    pub compaction_rate_mb: Option<u64>,
+    /// Level-0 tables that start a compaction [default: 4].
+    #[arg(long)]
+    pub level0_file_trigger: Option<u32>,
+    /// Level-0 tables at which writes wait for compaction; 0 = never [default: 36].
+    #[arg(long)]
+    pub level0_stop_writes: Option<u32>,
+    /// Target size of level 1, MiB [default: 64].
+    #[arg(long)]
+    pub level_base_mb: Option<u64>,
+    /// Size of a compaction output table, MiB [default: 32].
+    #[arg(long)]
+    pub table_mb: Option<u64>,
+    /// Seconds tombstones are kept before compaction may drop them [default: 259200].
+    #[arg(long)]
+    pub gc_grace_s: Option<u64>,
+    /// SSTable block compression [default: zstd].
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionSetting>,
+    /// zstd level, 1..=19 [default: 3].
+    #[arg(long)]
+    pub zstd_level: Option<i32>,
+    /// SSTable data block size, KiB [default: 4].
+    #[arg(long)]
+    pub block_kb: Option<u64>,
+    /// Bloom filter bits per key [default: 10].
+    #[arg(long)]
+    pub bloom_bits_per_key: Option<u32>,
     /// Requests in flight per connection before reading pauses [default: 1024].
     #[arg(long)]
     pub connection_inflight_max: Option<usize>,
@@ -161,6 +194,39 @@ impl ServerArgs {
         }
         if let Some(v) = self.block_cache_mb {
             c.block_cache_mb = v;
+        }
+        if let Some(v) = self.compaction {
+            c.compaction = v;
+        }
+        if let Some(v) = self.compaction_rate_mb {
+            c.compaction_rate_mb = v;
+        }
+        if let Some(v) = self.level0_file_trigger {
+            c.level0_file_trigger = v;
+        }
+        if let Some(v) = self.level0_stop_writes {
+            c.level0_stop_writes = v;
+        }
+        if let Some(v) = self.level_base_mb {
+            c.level_base_mb = v;
+        }
+        if let Some(v) = self.table_mb {
+            c.table_mb = v;
+        }
+        if let Some(v) = self.gc_grace_s {
+            c.gc_grace_s = v;
+        }
+        if let Some(v) = self.compression {
+            c.compression = v;
+        }
+        if let Some(v) = self.zstd_level {
+            c.zstd_level = v;
+        }
+        if let Some(v) = self.block_kb {
+            c.block_kb = v;
+        }
+        if let Some(v) = self.bloom_bits_per_key {
+            c.bloom_bits_per_key = v;
         }
         if let Some(v) = self.connection_inflight_max {
             c.connection_inflight_max = v;

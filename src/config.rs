@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use kvs_shards::compaction::{CompactionOptions, CompactionStyle, SizeTieredOptions};
+use kvs_shards::sstable::{Compression, SstableOptions};
 use kvs_shards::{ShardOptions, SyncMode};
 use kvs_wire::limits::{
     BODY_OVERHEAD_BYTES, FRAME_BODY_BYTES_MAX, KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT,
@@ -22,6 +24,29 @@ pub enum SyncSetting {
     Always,
     /// Acknowledge once written to the file; fdatasync every `sync_period_ms`.
     Periodic,
+}
+
+/// How a shard organizes its SSTables. Mirrors `kvs_shards::compaction::CompactionStyle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompactionSetting {
+    /// Levels of growing size, non-overlapping below level 0. Default.
+    #[default]
+    Leveled,
+    /// Tables of similar size are merged together (less write amplification, more space and
+    /// more tables per read).
+    SizeTiered,
+}
+
+/// How SSTable data blocks are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionSetting {
+    /// Blocks stored as they are.
+    None,
+    /// zstd at `zstd_level`; a block that does not shrink is stored as it is. Default.
+    #[default]
+    Zstd,
 }
 
 /// Everything a node needs to start. Units are in the names.
@@ -53,6 +78,29 @@ pub struct NodeConfig {
     /// Block cache per shard (verified, decompressed SSTable data blocks), MiB. Default 64;
     /// 0 disables it.
     pub block_cache_mb: u64,
+    /// How tables are compacted. Default leveled.
+    pub compaction: CompactionSetting,
+    /// I/O budget of one shard's compaction, MiB/s of input; 0 = unlimited. Default 256.
+    pub compaction_rate_mb: u64,
+    /// Level-0 tables that start a compaction into level 1 (leveled). Default 4.
+    pub level0_file_trigger: u32,
+    /// Level-0 tables at which writes wait for compaction (leveled); 0 = never. Default 36.
+    pub level0_stop_writes: u32,
+    /// Target size of level 1, MiB; each deeper level is 10× the one above. Default 64.
+    pub level_base_mb: u64,
+    /// Size at which a compaction output table is finished, MiB. Default 32.
+    pub table_mb: u64,
+    /// How long tombstones (and expired values) are kept before compaction may drop them,
+    /// seconds. Default 259200 (72 h).
+    pub gc_grace_s: u64,
+    /// SSTable block compression. Default zstd.
+    pub compression: CompressionSetting,
+    /// zstd level, 1..=19. Default 3.
+    pub zstd_level: i32,
+    /// Target uncompressed size of an SSTable data block, KiB, 1..=64. Default 4.
+    pub block_kb: u64,
+    /// Bloom filter bits per key, 1..=32 (10 ≈ 1% false positives). Default 10.
+    pub bloom_bits_per_key: u32,
     /// Requests in flight on one connection before the node stops reading from it. Default 1024.
     pub connection_inflight_max: usize,
     /// Open client connections per shard (and on the node port); more are refused. Default 4096.
@@ -79,6 +127,17 @@ impl Default for NodeConfig {
             wal_segment_mb: 64,
             memtable_mb: 64,
             block_cache_mb: 64,
+            compaction: CompactionSetting::Leveled,
+            compaction_rate_mb: 256,
+            level0_file_trigger: 4,
+            level0_stop_writes: 36,
+            level_base_mb: 64,
+            table_mb: 32,
+            gc_grace_s: 72 * 3600,
+            compression: CompressionSetting::Zstd,
+            zstd_level: 3,
+            block_kb: 4,
+            bloom_bits_per_key: 10,
             connection_inflight_max: 1024,
             connections_max: 4096,
             forward_queue_max: 1024,
@@ -151,6 +210,29 @@ impl NodeConfig {
             wal_segment_bytes: self.wal_segment_mb.saturating_mul(1024 * 1024),
             memtable_bytes_max: self.memtable_mb.saturating_mul(1024 * 1024),
             block_cache_bytes: self.block_cache_mb.saturating_mul(1024 * 1024),
+            sstable: SstableOptions {
+                block_bytes: self.block_kb.saturating_mul(1024),
+                compression: match self.compression {
+                    CompressionSetting::None => Compression::None,
+                    CompressionSetting::Zstd => Compression::Zstd { level: self.zstd_level },
+                },
+                bloom_bits_per_key: self.bloom_bits_per_key,
+            },
+            compaction: CompactionOptions {
+                style: match self.compaction {
+                    CompactionSetting::Leveled => CompactionStyle::Leveled,
+                    CompactionSetting::SizeTiered => {
+                        CompactionStyle::SizeTiered(SizeTieredOptions::default())
+                    }
+                },
+                level0_file_trigger: self.level0_file_trigger,
+                level0_stop_writes_trigger: self.level0_stop_writes,
+                level_size_base_bytes: self.level_base_mb.saturating_mul(1024 * 1024),
+                output_table_bytes: self.table_mb.saturating_mul(1024 * 1024),
+                rate_bytes_per_s: self.compaction_rate_mb.saturating_mul(1024 * 1024),
+                gc_grace_ms: self.gc_grace_s.saturating_mul(1000),
+                ..CompactionOptions::default()
+            },
         }
     }
 
@@ -207,6 +289,27 @@ impl NodeConfig {
         if self.forward_queue_max == 0 || self.forward_queue_max > 1 << 20 {
             return Err(invalid("forward_queue_max", "must be in 1..=1048576"));
         }
+        if self.level_base_mb == 0 {
+            return Err(invalid("level_base_mb", "must be at least 1"));
+        }
+        if self.table_mb == 0 {
+            return Err(invalid("table_mb", "must be at least 1"));
+        }
+        if self.level0_file_trigger == 0 {
+            return Err(invalid("level0_file_trigger", "must be at least 1"));
+        }
+        if self.level0_stop_writes != 0 && self.level0_stop_writes <= self.level0_file_trigger {
+            return Err(invalid("level0_stop_writes", "must be 0 or above level0_file_trigger"));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(invalid("zstd_level", "must be in 1..=19"));
+        }
+        if !(1..=64).contains(&self.block_kb) {
+            return Err(invalid("block_kb", "must be in 1..=64"));
+        }
+        if !(1..=32).contains(&self.bloom_bits_per_key) {
+            return Err(invalid("bloom_bits_per_key", "must be in 1..=32"));
+        }
         self.shard_options(0).validate().map_err(|e| invalid("shard options", e.to_string()))?;
         Ok(())
     }
@@ -249,6 +352,19 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.shard_options(1).block_cache_bytes, 0);
         assert!(toml::from_str::<NodeConfig>("shardz = 3").is_err());
+        let c: NodeConfig = toml::from_str(
+            "compaction = \"size-tiered\"\ncompression = \"none\"\ngc_grace_s = 60\ntable_mb = 8",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let o = c.shard_options(0);
+        assert!(matches!(o.compaction.style, CompactionStyle::SizeTiered(_)));
+        assert_eq!(o.sstable.compression, Compression::None);
+        assert_eq!(o.compaction.gc_grace_ms, 60_000);
+        assert_eq!(o.compaction.output_table_bytes, 8 << 20);
+        let d = NodeConfig::default().shard_options(0);
+        assert_eq!(d.sstable.compression, Compression::Zstd { level: 3 });
+        assert_eq!(d.compaction.rate_bytes_per_s, 256 << 20);
     }
 
     #[test]
@@ -268,6 +384,11 @@ mod tests {
             (NodeConfig { value_bytes_max: u32::MAX, ..Default::default() }, "value_bytes_max"),
             (NodeConfig { vnodes: 0, ..Default::default() }, "vnodes"),
             (NodeConfig { sync_period_ms: 0, ..Default::default() }, "sync_period_ms"),
+            (NodeConfig { level0_stop_writes: 3, ..Default::default() }, "level0_stop_writes"),
+            (NodeConfig { zstd_level: 0, ..Default::default() }, "zstd_level"),
+            (NodeConfig { block_kb: 0, ..Default::default() }, "block_kb"),
+            (NodeConfig { bloom_bits_per_key: 0, ..Default::default() }, "bloom_bits_per_key"),
+            (NodeConfig { table_mb: 0, ..Default::default() }, "table_mb"),
         ];
         for (c, field) in cases {
             let err = c.validate().unwrap_err().to_string();

@@ -65,12 +65,17 @@
 //! - Dropping the engine (a simulated crash) cancels the flush task wherever it is.
 
 use crate::cache::BlockCache;
+use crate::compaction::{
+    level_scores, merge_tables, pick, CompactionOptions, CompactionPlan, CompactionReason,
+    CompactionStyle, MergeContext, MergeSpec,
+};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::manifest::{self, Manifest, ManifestEdit, TableMeta, WalPosition};
 use crate::memtable::{Entry, Memtable};
 use crate::options::{ShardOptions, SyncMode};
 use crate::sstable::{
-    self, EntryRef, SstValue, SstValueRef, SstableBuilder, SstableOptions, SstableReader,
+    self, EntryRef, ReaderStats, SstValue, SstValueRef, SstableBuilder, SstableOptions,
+    SstableReader,
 };
 use crate::stats::{EngineStats, LevelStats};
 use crate::types::{Lookup, Stamp};
@@ -89,6 +94,8 @@ use std::time::Duration;
 
 /// CPU shares of the flush task queue (glommio's default queue has 1000).
 const FLUSH_SHARES: usize = 250;
+/// CPU shares of the compaction task queue: below the flush (which frees memory and WAL).
+const COMPACTION_SHARES: usize = 100;
 /// First and greatest pause before a failed flush is retried.
 const FLUSH_RETRY_MIN: Duration = Duration::from_millis(50);
 const FLUSH_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -97,6 +104,22 @@ thread_local! {
     /// The flush task queue of this executor, created by the first `Engine::open` on it (task
     /// queues are per executor and never removed, so one is shared by all engines here).
     static FLUSH_QUEUE: Cell<Option<TaskQueueHandle>> = const { Cell::new(None) };
+    /// The compaction task queue of this executor (as `FLUSH_QUEUE`).
+    static COMPACTION_QUEUE: Cell<Option<TaskQueueHandle>> = const { Cell::new(None) };
+}
+
+fn compaction_queue() -> TaskQueueHandle {
+    COMPACTION_QUEUE.with(|q| {
+        q.get().unwrap_or_else(|| {
+            let h = glommio::executor().create_task_queue(
+                Shares::Static(COMPACTION_SHARES),
+                Latency::NotImportant,
+                "compaction",
+            );
+            q.set(Some(h));
+            h
+        })
+    })
 }
 
 fn flush_queue() -> TaskQueueHandle {
@@ -118,6 +141,7 @@ fn flush_queue() -> TaskQueueHandle {
 struct Retired {
     syncs: u64,
     records: u64,
+    bytes: u64,
     writes: u64,
 }
 
@@ -132,10 +156,23 @@ pub struct Engine {
     immutable: RefCell<Option<(Rc<Memtable>, u64)>>,
     /// The shard's block cache, shared by every table reader.
     cache: Rc<BlockCache>,
-    /// Live tables, newest (greatest id) first.
-    tables: RefCell<Vec<Rc<SstableReader>>>,
-    /// `None` while the flush task holds it.
+    /// Live tables by level, then newest (greatest id) first within a level.
+    tables: RefCell<Vec<LiveTable>>,
+    /// The manifest's levels as of its last commit (for the picker and stats, which must not
+    /// wait for a flush that holds the manifest).
+    levels: RefCell<Vec<Vec<TableMeta>>>,
+    /// `None` while a flush or a compaction commit holds it.
     manifest: RefCell<Option<Manifest>>,
+    /// Tasks waiting for the manifest to be put back.
+    manifest_waiters: RefCell<Vec<Waker>>,
+    /// The compaction task; dropping it (with the engine) cancels it.
+    compaction_task: RefCell<Option<glommio::Task<()>>>,
+    /// Compaction state shared with the compaction task.
+    compaction: RefCell<CompactionState>,
+    /// Writers, `compact` and `wait_for_compactions` callers waiting for compaction progress.
+    compaction_waiters: RefCell<Vec<Waker>>,
+    /// Counters of readers of tables compacted away.
+    retired_readers: Cell<ReaderStats>,
     /// The running flush; dropping it (with the engine) cancels it.
     flush_task: RefCell<Option<glommio::Task<()>>>,
     /// Writers waiting for the flush to finish; bounded by the tasks in flight.
@@ -163,6 +200,35 @@ pub struct Engine {
     gets: Cell<u64>,
     flushes: Cell<u64>,
     flush_failures: Cell<u64>,
+    flush_bytes_written: Cell<u64>,
+    user_bytes_written: Cell<u64>,
+}
+
+/// A live table and its level.
+#[derive(Clone)]
+struct LiveTable {
+    level: u8,
+    reader: Rc<SstableReader>,
+}
+
+/// What the engine and its compaction task share about compaction.
+#[derive(Default)]
+struct CompactionState {
+    /// Something may be due (a flush or a compaction committed, or one was asked for).
+    wanted: bool,
+    /// The idle compaction task, to wake when `wanted` is set.
+    waker: Option<Waker>,
+    /// A compaction is running.
+    running: bool,
+    /// The last attempt failed with this; cleared by the next success.
+    error: Option<String>,
+    /// Manual compactions asked for, and done (each a sequence number).
+    manual_requested: u64,
+    manual_done: u64,
+    compactions: u64,
+    failures: u64,
+    bytes_read: u64,
+    bytes_written: u64,
 }
 
 /// Counts a write between its WAL append and its memtable insert (see "Freeze and flush").
@@ -192,7 +258,7 @@ impl Engine {
         let manifest = open_manifest(&dir).await?;
         let stray_files_removed = remove_stray_tables(&dir, manifest.state()).await?;
         let mut metas: Vec<&TableMeta> = manifest.state().tables().collect();
-        metas.sort_by_key(|t| std::cmp::Reverse(t.id));
+        metas.sort_by_key(|t| (t.level, std::cmp::Reverse(t.id)));
         // One cache per engine: a reopened shard starts cold, so table ids reused after a
         // crash (see `manifest`) can never meet blocks of an older table of the same id.
         let cache = Rc::new(BlockCache::new(opts.block_cache_bytes));
@@ -200,7 +266,7 @@ impl Engine {
         for meta in metas {
             let path = dir.join(sstable::TableId(meta.id.0).file_name());
             let reader = SstableReader::open_with_cache(&path, Some(Rc::clone(&cache))).await?;
-            tables.push(Rc::new(reader));
+            tables.push(LiveTable { level: meta.level, reader: Rc::new(reader) });
         }
         let flushed = manifest.state().flushed;
         let recovered = recovery::replay(&wal_dir, flushed.segment_id).await?;
@@ -222,6 +288,8 @@ impl Engine {
             segment_id = id,
             "shard engine opened"
         );
+        let levels = manifest.state().levels().to_vec();
+        let auto_compaction = opts.compaction.auto;
         let engine = Rc::new_cyclic(|me| Engine {
             opts,
             wal_dir,
@@ -230,7 +298,16 @@ impl Engine {
             memtable: RefCell::new(recovered.memtable),
             immutable: RefCell::new(None),
             tables: RefCell::new(tables),
+            levels: RefCell::new(levels),
             manifest: RefCell::new(Some(manifest)),
+            manifest_waiters: RefCell::new(Vec::new()),
+            compaction_task: RefCell::new(None),
+            compaction: RefCell::new(CompactionState {
+                wanted: auto_compaction,
+                ..CompactionState::default()
+            }),
+            compaction_waiters: RefCell::new(Vec::new()),
+            retired_readers: Cell::new(ReaderStats::default()),
             flush_task: RefCell::new(None),
             flush_waiters: RefCell::new(Vec::new()),
             flush_error: RefCell::new(None),
@@ -249,7 +326,10 @@ impl Engine {
             gets: Cell::new(0),
             flushes: Cell::new(0),
             flush_failures: Cell::new(0),
+            flush_bytes_written: Cell::new(0),
+            user_bytes_written: Cell::new(0),
         });
+        engine.start_compaction_task()?;
         Ok((engine, report))
     }
 
@@ -268,6 +348,8 @@ impl Engine {
         self.memtable.borrow_mut().put(key, value, stamp);
         drop(pending);
         self.puts.set(self.puts.get() + 1);
+        self.user_bytes_written
+            .set(self.user_bytes_written.get() + (key.len() + value.len()) as u64);
         Ok(())
     }
 
@@ -279,6 +361,7 @@ impl Engine {
         self.memtable.borrow_mut().delete(key, stamp);
         drop(pending);
         self.deletes.set(self.deletes.get() + 1);
+        self.user_bytes_written.set(self.user_bytes_written.get() + key.len() as u64);
         Ok(())
     }
 
@@ -298,7 +381,8 @@ impl Engine {
                 consider(&mut best, e.clone());
             }
         }
-        let tables: Vec<Rc<SstableReader>> = self.tables.borrow().clone();
+        let tables: Vec<Rc<SstableReader>> =
+            self.tables.borrow().iter().map(|t| Rc::clone(&t.reader)).collect();
         for table in tables {
             if best.as_ref().is_some_and(|b| table.max_stamp() < b.stamp()) {
                 continue;
@@ -324,6 +408,21 @@ impl Engine {
         let segments = self.segments.borrow();
         let tables = self.tables.borrow();
         let cache = self.cache.stats();
+        let mut readers = self.retired_readers.get();
+        tables.iter().for_each(|t| add_reader_stats(&mut readers, &t.reader.stats()));
+        let levels = self.levels.borrow();
+        let max_levels = usize::from(self.opts.compaction.max_levels).max(levels.len());
+        let level_stats: Vec<LevelStats> = (0..max_levels)
+            .map(|l| {
+                let tables = levels.get(l).map(Vec::as_slice).unwrap_or_default();
+                LevelStats {
+                    tables: tables.len() as u64,
+                    bytes: tables.iter().map(|t| t.size_bytes).sum(),
+                }
+            })
+            .collect();
+        let last_used = level_stats.iter().rposition(|l| l.tables > 0).map_or(1, |i| i + 1);
+        let compaction = self.compaction.borrow();
         EngineStats {
             keys: memtable.len() as u64,
             tombstones: memtable.tombstones(),
@@ -335,23 +434,30 @@ impl Engine {
             wal_segment_id: segment_id,
             syncs: retired.syncs + log.syncs,
             records_written: retired.records + log.records_appended,
+            wal_bytes_written: retired.bytes + log.bytes_appended,
             wal_writes: retired.writes + log.writes,
             puts: self.puts.get(),
             deletes: self.deletes.get(),
             gets: self.gets.get(),
+            user_bytes_written: self.user_bytes_written.get(),
             flushes: self.flushes.get(),
             flush_failures: self.flush_failures.get(),
+            flush_bytes_written: self.flush_bytes_written.get(),
+            compactions: compaction.compactions,
+            compaction_failures: compaction.failures,
+            compaction_bytes_read: compaction.bytes_read,
+            compaction_bytes_written: compaction.bytes_written,
+            compaction_backlog_bytes: compaction_backlog(&levels, &self.opts.compaction),
+            compaction_running: compaction.running,
             tables: tables.len() as u64,
-            table_bytes: tables.iter().map(|t| t.file_bytes()).sum(),
+            table_bytes: tables.iter().map(|t| t.reader.file_bytes()).sum(),
+            levels: level_stats.into_iter().take(last_used).collect(),
+            bloom_useful: readers.bloom_negatives,
+            bloom_false_positives: readers.bloom_false_positives,
+            blocks_read: readers.blocks_read,
             block_cache_hits: cache.hits,
             block_cache_misses: cache.misses,
             block_cache_bytes: cache.bytes,
-            levels: vec![LevelStats {
-                tables: tables.len() as u64,
-                bytes: tables.iter().map(|t| t.file_bytes()).sum(),
-            }],
-            wal_bytes_written: 0,
-            ..EngineStats::default()
         }
     }
 
@@ -374,6 +480,14 @@ impl Engine {
             task.cancel().await;
         }
         self.wake_flush_waiters();
+        // A compaction cancelled mid-merge leaves `.sst.tmp` or unlisted outputs, which the
+        // next open removes; one cancelled mid-commit is decided by the manifest on disk.
+        let task = self.compaction_task.borrow_mut().take();
+        if let Some(task) = task {
+            task.cancel().await;
+        }
+        self.wake_compaction_waiters();
+        self.wake_manifest_waiters();
         let writer = self.wal.borrow_mut().take();
         if let Some(writer) = writer {
             let result = writer.close().await;
@@ -383,7 +497,7 @@ impl Engine {
         // Close the table files no read still holds (a read in flight keeps its `Rc`; the
         // file is then closed when it is dropped).
         let tables = std::mem::take(&mut *self.tables.borrow_mut());
-        for reader in tables.into_iter().filter_map(|t| Rc::try_unwrap(t).ok()) {
+        for reader in tables.into_iter().filter_map(|t| Rc::try_unwrap(t.reader).ok()) {
             let path = reader.path().to_path_buf();
             if let Err(e) = reader.close().await {
                 tracing::warn!(path = %path.display(), error = %e, "could not close a table");
@@ -417,6 +531,10 @@ impl Engine {
             }
             if let Some(reason) = self.failed.borrow().clone() {
                 return Err(ShardError::Failed { reason });
+            }
+            if self.writes_stalled() {
+                self.compaction_progress().await;
+                continue;
             }
             if self.memtable.borrow().approx_bytes() >= self.opts.memtable_bytes_max {
                 let flushing = self.immutable.borrow().is_some();
@@ -509,6 +627,7 @@ impl Engine {
         let mut r = self.retired.get();
         r.syncs += s.syncs;
         r.records += s.records_appended;
+        r.bytes += s.bytes_appended;
         r.writes += s.writes;
         self.retired.set(r);
         self.segments.borrow_mut().insert(writer.segment_id(), s.appended_lsn);
@@ -589,6 +708,7 @@ fn consider(best: &mut Option<Entry>, candidate: Entry) {
 
 /// What a flush needs from the engine, taken out synchronously.
 struct FlushJob {
+    sstable: SstableOptions,
     dir: PathBuf,
     cache: Rc<BlockCache>,
     wal_dir: PathBuf,
@@ -602,15 +722,16 @@ struct FlushJob {
 async fn flush_loop(engine: Weak<Engine>) {
     let mut backoff = FLUSH_RETRY_MIN;
     loop {
+        let Some(manifest) = take_manifest(&engine).await else { return };
         let job = {
             let Some(e) = engine.upgrade() else { return };
             let imm = e.immutable.borrow().clone();
-            let Some((memtable, first_unfrozen)) = imm else { return };
-            let Some(manifest) = e.manifest.borrow_mut().take() else {
-                tracing::error!("flush found no manifest (another flush running?)");
+            let Some((memtable, first_unfrozen)) = imm else {
+                e.put_manifest(manifest);
                 return;
             };
             FlushJob {
+                sstable: e.opts.sstable,
                 dir: e.opts.dir.clone(),
                 cache: Rc::clone(&e.cache),
                 wal_dir: e.wal_dir.clone(),
@@ -619,18 +740,26 @@ async fn flush_loop(engine: Weak<Engine>) {
                 manifest,
             }
         };
-        let FlushJob { dir, cache, wal_dir, memtable, first_unfrozen, mut manifest } = job;
-        let result = flush_memtable(&dir, cache, &memtable, first_unfrozen, &mut manifest).await;
+        let FlushJob { sstable, dir, cache, wal_dir, memtable, first_unfrozen, mut manifest } = job;
+        let result =
+            flush_memtable(&dir, cache, sstable, &memtable, first_unfrozen, &mut manifest).await;
         let Some(e) = engine.upgrade() else { return };
-        *e.manifest.borrow_mut() = Some(manifest);
+        let levels = manifest.state().levels().to_vec();
+        e.put_manifest(manifest);
         match result {
             Ok(reader) => {
+                let bytes = reader.file_bytes();
                 {
                     // One synchronous step: reads see the memtable or the table, never neither.
-                    e.tables.borrow_mut().insert(0, Rc::new(reader));
+                    let mut tables = e.tables.borrow_mut();
+                    tables.push(LiveTable { level: 0, reader: Rc::new(reader) });
+                    sort_tables(&mut tables);
                     e.immutable.borrow_mut().take();
+                    *e.levels.borrow_mut() = levels;
                 }
                 e.flushes.set(e.flushes.get() + 1);
+                e.flush_bytes_written.set(e.flush_bytes_written.get() + bytes);
+                e.want_compaction();
                 e.flush_error.borrow_mut().take();
                 e.wake_flush_waiters();
                 drop(e);
@@ -673,13 +802,14 @@ async fn flush_loop(engine: Weak<Engine>) {
 async fn flush_memtable(
     dir: &Path,
     cache: Rc<BlockCache>,
+    sstable: SstableOptions,
     memtable: &Memtable,
     first_unfrozen: u64,
     manifest: &mut Manifest,
 ) -> Result<SstableReader, ShardError> {
     let id = manifest.allocate_table_id();
     let sid = sstable::TableId(id.0);
-    let built = build_table(dir, sid, memtable).await;
+    let built = build_table(dir, sid, sstable, memtable).await;
     let (path, size_bytes) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -717,10 +847,10 @@ async fn flush_memtable(
 async fn build_table(
     dir: &Path,
     id: sstable::TableId,
+    options: SstableOptions,
     memtable: &Memtable,
 ) -> Result<(PathBuf, u64), ShardError> {
-    let mut builder =
-        SstableBuilder::create(dir, id, SstableOptions::default(), memtable.len() as u64).await?;
+    let mut builder = SstableBuilder::create(dir, id, options, memtable.len() as u64).await?;
     for (key, entry) in memtable.iter() {
         let value = match entry {
             Entry::Value { value, .. } => SstValueRef::Value(value),
@@ -828,4 +958,501 @@ fn check_key(key: &[u8]) -> Result<(), ShardError> {
         });
     }
     Ok(())
+}
+
+/// Keeps the canonical read order: by level, newest (greatest id) first within a level.
+fn sort_tables(tables: &mut [LiveTable]) {
+    tables.sort_by_key(|t| (t.level, std::cmp::Reverse(t.reader.id().0)));
+}
+
+fn add_reader_stats(total: &mut ReaderStats, s: &ReaderStats) {
+    total.gets += s.gets;
+    total.range_misses += s.range_misses;
+    total.bloom_negatives += s.bloom_negatives;
+    total.bloom_false_positives += s.bloom_false_positives;
+    total.blocks_read += s.blocks_read;
+    total.cache_hits += s.cache_hits;
+}
+
+/// Bytes above the levels' targets (leveled: level 0 counts whole once at its trigger), or the
+/// bytes of the next size-tiered bucket: an estimate of the work compaction has to catch up.
+fn compaction_backlog(levels: &[Vec<TableMeta>], opts: &CompactionOptions) -> u64 {
+    let size = |ids: &[manifest::TableId]| -> u64 {
+        levels.iter().flatten().filter(|t| ids.contains(&t.id)).map(|t| t.size_bytes).sum()
+    };
+    match opts.style {
+        CompactionStyle::SizeTiered(_) => pick(levels, opts).map_or(0, |p| size(&p.inputs)),
+        CompactionStyle::Leveled => level_scores(levels, opts)
+            .iter()
+            .map(|l| {
+                if l.level == 0 {
+                    if l.score >= 1.0 {
+                        l.size_bytes
+                    } else {
+                        0
+                    }
+                } else {
+                    l.size_bytes.saturating_sub(opts.target_bytes(l.level))
+                }
+            })
+            .sum(),
+    }
+}
+
+/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Waits until the manifest is in the engine and takes it; `None` once the engine is gone or
+/// closed. Holds the engine only weakly.
+async fn take_manifest(engine: &Weak<Engine>) -> Option<Manifest> {
+    futures_lite::future::poll_fn(|cx| {
+        let Some(e) = engine.upgrade() else { return Poll::Ready(None) };
+        if e.closed.get() {
+            return Poll::Ready(None);
+        }
+        let taken = e.manifest.borrow_mut().take();
+        match taken {
+            Some(m) => Poll::Ready(Some(m)),
+            None => {
+                e.manifest_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Allocates a table id from the manifest (waiting while a commit holds it).
+async fn allocate_table_id(engine: &Weak<Engine>) -> Result<sstable::TableId, ShardError> {
+    let Some(mut manifest) = take_manifest(engine).await else { return Err(ShardError::Closed) };
+    let id = manifest.allocate_table_id();
+    match engine.upgrade() {
+        Some(e) => e.put_manifest(manifest),
+        None => return Err(ShardError::Closed),
+    }
+    Ok(sstable::TableId(id.0))
+}
+
+/// What a compaction takes from the engine, synchronously.
+struct CompactionJob {
+    plan: CompactionPlan,
+    inputs: Vec<Rc<SstableReader>>,
+    input_bytes: u64,
+    spec: MergeSpec,
+    cache: Rc<BlockCache>,
+    /// The manual request this job serves, if any.
+    manual: Option<u64>,
+}
+
+/// The compaction task: waits until a compaction may be due, runs the picker's plan (or a
+/// manual one), and repeats. One per engine; holds the engine only weakly between awaits, so
+/// dropping the engine cancels it.
+async fn compaction_loop(engine: Weak<Engine>) {
+    let mut backoff = FLUSH_RETRY_MIN;
+    loop {
+        let due = futures_lite::future::poll_fn(|cx| {
+            let Some(e) = engine.upgrade() else { return Poll::Ready(false) };
+            if e.closed.get() {
+                return Poll::Ready(false);
+            }
+            let mut c = e.compaction.borrow_mut();
+            if c.wanted {
+                c.wanted = false;
+                Poll::Ready(true)
+            } else {
+                c.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if !due {
+            return;
+        }
+        let job = {
+            let Some(e) = engine.upgrade() else { return };
+            let job = e.next_compaction();
+            if job.is_none() {
+                e.compaction.borrow_mut().running = false;
+                e.wake_compaction_waiters();
+            }
+            job
+        };
+        let Some(job) = job else { continue };
+        match run_compaction(&engine, job).await {
+            Ok(true) => backoff = FLUSH_RETRY_MIN,
+            Ok(false) => return,
+            Err(err) => {
+                let Some(e) = engine.upgrade() else { return };
+                tracing::error!(
+                    error = %err,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "compaction failed; its inputs stay live"
+                );
+                {
+                    let mut c = e.compaction.borrow_mut();
+                    c.failures += 1;
+                    c.error = Some(err.to_string());
+                    c.running = false;
+                }
+                e.wake_compaction_waiters();
+                drop(e);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(FLUSH_RETRY_MAX);
+                if let Some(e) = engine.upgrade() {
+                    e.compaction.borrow_mut().wanted = true;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one compaction job to its commit. `Ok(false)`: the engine went away or closed.
+async fn run_compaction(engine: &Weak<Engine>, job: CompactionJob) -> Result<bool, ShardError> {
+    let CompactionJob { plan, inputs, input_bytes, spec, cache, manual } = job;
+    let started = std::time::Instant::now();
+    let merged =
+        merge_tables(&inputs, &spec, &cache, async || allocate_table_id(engine).await).await?;
+    let written: u64 = merged.outputs.iter().map(|o| o.size_bytes).sum();
+    let metas: Vec<TableMeta> = merged
+        .outputs
+        .iter()
+        .map(|o| TableMeta {
+            id: manifest::TableId(o.id.0),
+            level: plan.output_level,
+            size_bytes: o.size_bytes,
+            entries: o.entries,
+            min_key: o.reader.min_key().to_vec(),
+            max_key: o.reader.max_key().to_vec(),
+            max_stamp: o.reader.max_stamp(),
+        })
+        .collect();
+    let remove: Vec<manifest::TableId> = plan.inputs.clone();
+    let edit = ManifestEdit::compaction(remove, metas);
+    let Some(mut manifest) = take_manifest(engine).await else {
+        // Closed before the commit: the outputs are unlisted, the next open removes them.
+        return Ok(false);
+    };
+    let applied = manifest.apply(&edit).await;
+    let levels = manifest.state().levels().to_vec();
+    let Some(e) = engine.upgrade() else { return Ok(false) };
+    e.put_manifest(manifest);
+    // After a failed manifest write the outputs may be listed on disk; the next open decides
+    // (and removes them if they are not).
+    applied?;
+    {
+        // One synchronous step: reads see the inputs or the outputs, never neither.
+        let mut tables = e.tables.borrow_mut();
+        let mut retired = e.retired_readers.get();
+        tables.retain(|t| {
+            let gone = plan.inputs.iter().any(|id| id.0 == t.reader.id().0);
+            if gone {
+                add_reader_stats(&mut retired, &t.reader.stats());
+            }
+            !gone
+        });
+        e.retired_readers.set(retired);
+        tables.extend(
+            merged
+                .outputs
+                .into_iter()
+                .map(|o| LiveTable { level: plan.output_level, reader: Rc::new(o.reader) }),
+        );
+        sort_tables(&mut tables);
+        *e.levels.borrow_mut() = levels;
+    }
+    let dir = e.opts.dir.clone();
+    drop(e);
+    tracing::info!(
+        reason = ?plan.reason,
+        inputs = plan.inputs.len(),
+        output_level = plan.output_level,
+        input_bytes,
+        output_bytes = written,
+        keys = merged.keys_in,
+        dropped = merged.dropped,
+        expired = merged.expired_to_tombstones,
+        ms = started.elapsed().as_millis() as u64,
+        "compaction committed"
+    );
+    // The inputs are no longer listed: remove their files. A read still holding a reader keeps
+    // its file descriptor (the data stays readable until it is dropped).
+    let mut removed_any = false;
+    for reader in inputs {
+        cache.evict_table(reader.id().0);
+        let path = reader.path().to_path_buf();
+        if let Ok(r) = Rc::try_unwrap(reader) {
+            let _ = r.close().await;
+        }
+        match kvs_io::remove_file(&path).await {
+            Ok(()) => removed_any = true,
+            // Housekeeping: the next open removes unlisted tables.
+            Err(err) => tracing::warn!(path = %path.display(), error = %err,
+                "could not remove a compacted table"),
+        }
+    }
+    if removed_any {
+        if let Err(err) = kvs_io::sync_dir(&dir).await {
+            tracing::warn!(dir = %dir.display(), error = %err, "could not sync the shard dir");
+        }
+    }
+    // Done (waiters see a tidy directory).
+    let Some(e) = engine.upgrade() else { return Ok(false) };
+    {
+        let mut c = e.compaction.borrow_mut();
+        c.compactions += 1;
+        c.bytes_read += input_bytes;
+        c.bytes_written += written;
+        c.error = None;
+        c.running = false;
+        c.wanted = true;
+        if let Some(n) = manual {
+            c.manual_done = c.manual_done.max(n);
+        }
+    }
+    e.wake_compaction_waiters();
+    Ok(true)
+}
+
+impl Engine {
+    /// Spawns the compaction task in its low-share task queue.
+    fn start_compaction_task(&self) -> Result<(), ShardError> {
+        let task = glommio::spawn_local_into(compaction_loop(self.me.clone()), compaction_queue())
+            .map_err(|e| ShardError::Failed { reason: format!("spawn compaction task: {e}") })?;
+        *self.compaction_task.borrow_mut() = Some(task);
+        Ok(())
+    }
+
+    /// Puts the manifest back and wakes whoever waits for it.
+    fn put_manifest(&self, manifest: Manifest) {
+        *self.manifest.borrow_mut() = Some(manifest);
+        self.wake_manifest_waiters();
+    }
+
+    fn wake_manifest_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.manifest_waiters.borrow_mut());
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    fn wake_compaction_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.compaction_waiters.borrow_mut());
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Tells the compaction task that a compaction may be due (when automatic).
+    fn want_compaction(&self) {
+        if self.opts.compaction.auto {
+            self.poke_compaction();
+        }
+    }
+
+    fn poke_compaction(&self) {
+        let waker = {
+            let mut c = self.compaction.borrow_mut();
+            c.wanted = true;
+            c.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The next compaction to run (a pending manual one first), with its inputs resolved;
+    /// marks it running. `None` when nothing is due.
+    fn next_compaction(&self) -> Option<CompactionJob> {
+        let levels = self.levels.borrow();
+        let opts = &self.opts.compaction;
+        let (manual, plan) = {
+            let c = self.compaction.borrow();
+            if c.manual_requested > c.manual_done {
+                (Some(c.manual_requested), manual_plan(&levels, opts))
+            } else if opts.auto {
+                (None, pick(&levels, opts))
+            } else {
+                (None, None)
+            }
+        };
+        let Some(plan) = plan else {
+            if let Some(n) = manual {
+                // Nothing to merge: the manual request is satisfied.
+                let mut c = self.compaction.borrow_mut();
+                c.manual_done = c.manual_done.max(n);
+            }
+            return None;
+        };
+        let tables = self.tables.borrow();
+        let mut inputs = Vec::with_capacity(plan.inputs.len());
+        for id in &plan.inputs {
+            let Some(t) = tables.iter().find(|t| t.reader.id().0 == id.0) else {
+                tracing::error!(table = id.0, "compaction input is not open; skipping the plan");
+                return None;
+            };
+            inputs.push(Rc::clone(&t.reader));
+        }
+        let input_bytes = inputs.iter().map(|r| r.file_bytes()).sum();
+        let output_table_bytes = match opts.style {
+            CompactionStyle::Leveled if plan.output_level > 0 => opts.output_table_bytes,
+            _ => u64::MAX,
+        };
+        let spec = MergeSpec {
+            dir: self.opts.dir.clone(),
+            sstable: self.opts.sstable,
+            output_table_bytes,
+            ctx: MergeContext {
+                now_ms: wall_ms(),
+                gc_grace_ms: opts.gc_grace_ms,
+                bottommost: plan.bottommost,
+            },
+            rate_bytes_per_s: opts.rate_bytes_per_s,
+        };
+        self.compaction.borrow_mut().running = true;
+        tracing::debug!(reason = ?plan.reason, inputs = plan.inputs.len(), "compaction starting");
+        Some(CompactionJob {
+            plan,
+            inputs,
+            input_bytes,
+            spec,
+            cache: Rc::clone(&self.cache),
+            manual,
+        })
+    }
+
+    /// Flushes the memtable now (if it holds anything) and waits until it is in a table.
+    pub async fn flush(&self) -> Result<(), ShardError> {
+        loop {
+            if self.closed.get() {
+                return Err(ShardError::Closed);
+            }
+            if self.rolling.get() {
+                self.roll_finished().await;
+                continue;
+            }
+            if let Some(reason) = self.failed.borrow().clone() {
+                return Err(ShardError::Failed { reason });
+            }
+            if self.immutable.borrow().is_some() {
+                if let Some(reason) = self.flush_error.borrow().clone() {
+                    return Err(ShardError::Failed { reason: format!("flush failed: {reason}") });
+                }
+                self.flush_finished().await;
+                continue;
+            }
+            if self.memtable.borrow().is_empty() {
+                return Ok(());
+            }
+            self.freeze().await?;
+            // Loop: wait for this flush (the memtable is empty afterwards unless new writes
+            // came in, which a later flush covers).
+            self.flush_finished().await;
+            if let Some(reason) = self.flush_error.borrow().clone() {
+                return Err(ShardError::Failed { reason: format!("flush failed: {reason}") });
+            }
+            return Ok(());
+        }
+    }
+
+    /// Flushes the memtable, then merges every table into one bottommost sorted run (leveled:
+    /// in the deepest level in use, at least 1; size-tiered: one level-0 table), dropping
+    /// shadowed versions and tombstones past their grace. Waits until it is committed.
+    pub async fn compact(&self) -> Result<(), ShardError> {
+        self.flush().await?;
+        let n = {
+            let mut c = self.compaction.borrow_mut();
+            c.manual_requested += 1;
+            c.manual_requested
+        };
+        self.poke_compaction();
+        futures_lite::future::poll_fn(|cx| {
+            if self.closed.get() {
+                return Poll::Ready(Err(ShardError::Closed));
+            }
+            let c = self.compaction.borrow();
+            if c.manual_done >= n {
+                return Poll::Ready(Ok(()));
+            }
+            if let (Some(reason), false) = (&c.error, c.running) {
+                return Poll::Ready(Err(ShardError::Failed {
+                    reason: format!("compaction failed: {reason}"),
+                }));
+            }
+            self.compaction_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until no compaction is due or running (automatic compaction has caught up), or
+    /// the last one failed.
+    pub async fn wait_for_compactions(&self) -> Result<(), ShardError> {
+        self.poke_compaction();
+        futures_lite::future::poll_fn(|cx| {
+            if self.closed.get() {
+                return Poll::Ready(Err(ShardError::Closed));
+            }
+            let c = self.compaction.borrow();
+            if let (Some(reason), false) = (&c.error, c.running) {
+                return Poll::Ready(Err(ShardError::Failed {
+                    reason: format!("compaction failed: {reason}"),
+                }));
+            }
+            if !c.running && !c.wanted && c.manual_done >= c.manual_requested {
+                return Poll::Ready(Ok(()));
+            }
+            self.compaction_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether writes must wait for compaction (level 0 at its stop trigger, leveled, with
+    /// compaction healthy).
+    fn writes_stalled(&self) -> bool {
+        let opts = &self.opts.compaction;
+        if opts.level0_stop_writes_trigger == 0
+            || !opts.auto
+            || !matches!(opts.style, CompactionStyle::Leveled)
+        {
+            return false;
+        }
+        let l0 = self.levels.borrow().first().map_or(0, Vec::len) as u64;
+        l0 >= u64::from(opts.level0_stop_writes_trigger) && self.compaction.borrow().error.is_none()
+    }
+
+    /// Resolves at the next compaction commit, failure or idle.
+    async fn compaction_progress(&self) {
+        let mut registered = false;
+        futures_lite::future::poll_fn(|cx| {
+            if registered || self.closed.get() {
+                return Poll::Ready(());
+            }
+            registered = true;
+            self.compaction_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// A manual compaction of every table into one bottommost run (see [`Engine::compact`]).
+fn manual_plan(levels: &[Vec<TableMeta>], opts: &CompactionOptions) -> Option<CompactionPlan> {
+    let tables: Vec<&TableMeta> = levels.iter().flatten().collect();
+    if tables.is_empty() {
+        return None;
+    }
+    let output_level = match opts.style {
+        CompactionStyle::SizeTiered(_) => 0,
+        CompactionStyle::Leveled => {
+            let deepest = levels.iter().rposition(|l| !l.is_empty()).unwrap_or(0) as u8;
+            deepest.max(1).min(opts.max_levels.saturating_sub(1))
+        }
+    };
+    Some(CompactionPlan {
+        inputs: tables.iter().map(|t| t.id).collect(),
+        output_level,
+        reason: CompactionReason::Manual { tables: tables.len() as u64 },
+        bottommost: true,
+    })
 }

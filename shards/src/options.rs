@@ -1,6 +1,8 @@
 //! [`ShardOptions`]: every setting of one shard engine, with defaults, units and `validate`.
 
+use crate::compaction::CompactionOptions;
 use crate::limits;
+use crate::sstable::SstableOptions;
 use crate::ShardError;
 use std::path::PathBuf;
 
@@ -17,7 +19,7 @@ pub enum SyncMode {
 }
 
 /// Settings of one shard engine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ShardOptions {
     /// This shard's own directory, e.g. `DATA/shard-0`; created if missing. The WAL lives in
     /// `<dir>/wal/`. Default `./kvs-data/shard-0`.
@@ -38,6 +40,11 @@ pub struct ShardOptions {
     /// Budget of the shard's block cache (verified, decompressed SSTable data blocks), in
     /// bytes. Default 64 MiB; 0 disables the cache (every table read goes to disk).
     pub block_cache_bytes: u64,
+    /// Settings of the tables flushes and compactions write (block size, compression, Bloom
+    /// bits per key). Default: 4 KiB blocks, no compression, 10 bits per key.
+    pub sstable: SstableOptions,
+    /// Compaction: style, level sizes, output size, I/O rate, tombstone grace, write stall.
+    pub compaction: CompactionOptions,
 }
 
 impl Default for ShardOptions {
@@ -49,6 +56,8 @@ impl Default for ShardOptions {
             wal_segment_bytes: 64 * 1024 * 1024,
             memtable_bytes_max: 64 * 1024 * 1024,
             block_cache_bytes: 64 * 1024 * 1024,
+            sstable: SstableOptions::default(),
+            compaction: CompactionOptions::default(),
         }
     }
 }
@@ -91,7 +100,8 @@ impl ShardOptions {
             );
         }
         // `block_cache_bytes`: any value is valid (u64, so >= 0); 0 disables the cache.
-        Ok(())
+        self.sstable.validate()?;
+        self.compaction.validate()
     }
 
     /// The log writer settings these options imply.

@@ -12,15 +12,19 @@ mod support;
 
 use support::{value_of, wait_flushed};
 
+use kvs_shards::compaction::CompactionOptions;
 use kvs_shards::{Engine, Lookup, ShardError, ShardOptions, SyncMode};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// Automatic compaction off: these tests count the tables flushes make (compaction has its
+/// own tests in `engine_compaction.rs`).
 fn flush_opts(dir: &Path, sync: SyncMode) -> ShardOptions {
     ShardOptions {
         memtable_bytes_max: kvs_shards::limits::MEMTABLE_BYTES_MIN,
+        compaction: CompactionOptions { auto: false, ..CompactionOptions::default() },
         ..support::small_opts(dir, sync)
     }
 }

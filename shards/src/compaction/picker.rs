@@ -69,6 +69,22 @@ pub struct CompactionOptions {
     pub level_size_multiplier: u64,
     /// Number of levels used, `2..=LEVELS_MAX`. Default 7.
     pub max_levels: u8,
+    /// Whether the engine compacts in the background on its own. Default true; false leaves
+    /// only explicit compactions (`Engine::compact`), for tests and bulk loads.
+    pub auto: bool,
+    /// A compaction output is finished once it reaches this many bytes (leveled; size-tiered
+    /// writes one output). Default 32 MiB, at least 64 KiB.
+    pub output_table_bytes: u64,
+    /// Input bytes per second one compaction may read (and so, roughly, write); 0 =
+    /// unlimited. Default 256 MiB/s.
+    pub rate_bytes_per_s: u64,
+    /// How long a tombstone (or an expired value) is kept before a bottommost compaction may
+    /// drop it, in ms. Default 72 h ([`super::GC_GRACE_MS_DEFAULT`]).
+    pub gc_grace_ms: u64,
+    /// Writes wait for compaction while level 0 holds this many tables (leveled only, and
+    /// only while compaction is healthy); 0 = never. Default 36: a backstop that keeps reads
+    /// from degrading without bound when writes outrun compaction.
+    pub level0_stop_writes_trigger: u32,
 }
 
 impl Default for CompactionOptions {
@@ -79,6 +95,11 @@ impl Default for CompactionOptions {
             level_size_base_bytes: 64 * 1024 * 1024,
             level_size_multiplier: 10,
             max_levels: 7,
+            auto: true,
+            output_table_bytes: 32 * 1024 * 1024,
+            rate_bytes_per_s: 256 * 1024 * 1024,
+            gc_grace_ms: super::GC_GRACE_MS_DEFAULT,
+            level0_stop_writes_trigger: 36,
         }
     }
 }
@@ -100,6 +121,17 @@ impl CompactionOptions {
         }
         if !(2..=LEVELS_MAX).contains(&self.max_levels) {
             return bad("max_levels", format!("must be in 2..={LEVELS_MAX}"));
+        }
+        if self.output_table_bytes < 64 * 1024 {
+            return bad("output_table_bytes", "must be at least 64 KiB".into());
+        }
+        if self.level0_stop_writes_trigger != 0
+            && self.level0_stop_writes_trigger <= self.level0_file_trigger
+        {
+            return bad(
+                "level0_stop_writes_trigger",
+                "must be 0 or above level0_file_trigger".into(),
+            );
         }
         if let CompactionStyle::SizeTiered(st) = self.style {
             if st.min_threshold < 2 {
@@ -131,6 +163,11 @@ impl CompactionOptions {
 /// Why a plan was made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompactionReason {
+    /// Asked for (`Engine::compact`): every table into one bottommost run.
+    Manual {
+        /// Tables merged.
+        tables: u64,
+    },
     /// Level 0 reached its file trigger.
     Level0Files {
         /// Tables in level 0.
