@@ -264,6 +264,9 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
             out.start_one();
             ctx.route(header.opcode, id, body, out.clone());
         }
+        Opcode::Stats => {
+            out.push_error(id, ErrorCode::InvalidRequest, "this node does not serve Stats yet");
+        }
         Opcode::Error => {
             bump(&ctx.counters.invalid_frames);
             out.push_error(id, ErrorCode::InvalidRequest, "a client sent an error frame");
