@@ -1,7 +1,9 @@
 //! The `kvs` command line.
 //!
 //! Exit codes of the client commands: 0 on success; 1 when `get` finds no value (with
-//! `not found` on stderr); 2 on any error, with its stable code and message on stderr.
+//! `not found` on stderr) or when `stats` got no answer from some shard (the report of the
+//! others is still printed, the missing shards named); 2 on any error, with its stable code and
+//! message on stderr.
 //! `bench`: 0 when every operation succeeded; 1 when any failed or did not verify (the report
 //! is still printed and written); 2 when the run could not be done (bad flags, no connection).
 
@@ -46,6 +48,16 @@ pub enum Command {
     },
     /// Print the node's topology: id, address, shard ports, vnode count.
     Topology {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print every shard's engine counters of the node at --addr (memtable, levels, flushes,
+    /// compactions, caches, write amplification) with a node total. Exits 1 when some shard
+    /// did not answer in time (the others are still printed).
+    Stats {
+        /// Print one JSON object instead of a table (format in README.md).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -321,6 +333,27 @@ pub fn run() -> i32 {
                     ports.join(","),
                     n.tokens.len()
                 );
+            }
+            Ok(0)
+        }),
+        Command::Stats { json, conn } => client_command(&conn, move |c| async move {
+            let stats = c.stats().await?;
+            let report = crate::stats_report::StatsReport::new(&stats);
+            let text = if json {
+                let mut t = serde_json::to_string_pretty(&report.to_json())
+                    .map_err(|e| ClientError::Protocol(format!("encoding JSON: {e}")))?;
+                t.push('\n');
+                t
+            } else {
+                report.to_table()
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| ClientError::Protocol(format!("writing stdout: {e}")))?;
+            if !report.missing.is_empty() {
+                eprintln!("incomplete: {} shard(s) did not answer in time", report.missing.len());
+                return Ok(1);
             }
             Ok(0)
         }),

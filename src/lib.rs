@@ -5,11 +5,13 @@
 //! memtable, and clients send each request straight to the owning shard's port.
 //!
 //! # Layout
-//! - [`cli`]: the `kvs` command (clap): `server`, `put`, `get`, `delete`, `topology`, `bench`.
+//! - [`cli`]: the `kvs` command (clap): `server`, `put`, `get`, `delete`, `topology`, `stats`,
+//!   `bench`.
 //! - [`config`]: [`config::NodeConfig`], from defaults, a TOML file and flags, with `validate()`.
 //! - [`node`]: bootstrap of the shard executors and the cluster core, pinning, shutdown.
 //! - [`shard`]: the per-executor task: listener, frame loop, routing and forwarding between
 //!   shards, and the coordinator that stamps and executes requests.
+//! - [`stats_report`]: what `kvs stats` prints: totals, derived ratios, table and JSON.
 //! - [`cluster`]: pure state machines of the cluster (for now the hybrid logical clock).
 //!
 //! Below this crate: `kvs-wire` (protocol, placement, client), `kvs-shards` (the per-core
@@ -20,3 +22,4 @@ pub mod cluster;
 pub mod config;
 pub mod node;
 pub mod shard;
+pub mod stats_report;

@@ -1,9 +1,10 @@
 //! Client connections: the accept loop, the frame reader, and the batching response writer.
 //!
 //! Each connection has a reader (this task) and a writer task. The reader cuts frames from the
-//! byte stream, answers Ping and Topology at once and routes keyed requests; responses, from
-//! whichever task finishes them, are appended to the connection's output buffer and the writer
-//! sends everything buffered in one write, so a pipelining client gets its answers in batches.
+//! byte stream, answers Ping and Topology at once, starts a gather for Stats and routes keyed
+//! requests; responses, from whichever task finishes them, are appended to the connection's
+//! output buffer and the writer sends everything buffered in one write, so a pipelining client
+//! gets its answers in batches.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -263,6 +264,16 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
         Opcode::Get | Opcode::Put | Opcode::Delete => {
             out.start_one();
             ctx.route(header.opcode, id, body, out.clone());
+        }
+        Opcode::Stats => {
+            out.start_one();
+            let (ctx, out) = (ctx.clone(), out.clone());
+            glommio::spawn_local(async move {
+                let frame = ctx.gather_stats(id, body.len()).await;
+                out.push_frame(&frame);
+                out.finish_one();
+            })
+            .detach();
         }
         Opcode::Error => {
             bump(&ctx.counters.invalid_frames);

@@ -15,10 +15,14 @@
 //! - Bytes from a socket are validated before use: frame headers by `FrameHeader::decode`,
 //!   bodies by rkyv validation. Nothing from the network can panic the node.
 //! - This module is the one place that maps internal errors to wire [`ErrorCode`]s.
+//!
+//! A Stats request is answered by the executor it lands on, which gathers every shard's
+//! counters over the same channels (see [`stats`]).
 
 mod conn;
 mod exec;
 pub mod notify;
+pub mod stats;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -43,6 +47,10 @@ pub enum ShardMsg {
     Request { from: usize, corr: u64, request_id: u64, opcode: Opcode, body: AlignedVec },
     /// The whole response frame for the request `corr` that this executor forwarded.
     Response { corr: u64, frame: Vec<u8> },
+    /// Send this shard's counters to `from` for its stats gather `corr`.
+    StatsRequest { from: usize, corr: u64 },
+    /// Shard `shard`'s named counters for the stats gather `corr`.
+    StatsReply { corr: u64, shard: u32, counters: Vec<(String, u64)> },
 }
 
 /// Settings every executor needs, fixed at start.
@@ -57,7 +65,8 @@ pub struct ShardSettings {
     pub connections_max: usize,
 }
 
-/// Counters of one executor, reported at shutdown (and by a stats request in a later issue).
+/// Counters of one executor, reported at shutdown and, for shards, in stats responses (see
+/// [`stats::EXECUTOR_COUNTER_NAMES`]).
 #[derive(Default, Debug)]
 pub struct ShardCounters {
     /// Requests executed here for a client connected here.
@@ -91,6 +100,8 @@ pub struct ExecutorCtx {
     peers: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Forwarded requests awaiting their response: corr -> the client connection to answer.
     pending: RefCell<HashMap<u64, Rc<ConnOut>>>,
+    /// Stats requests gathering shards' counters: corr -> the gather. Shares `next_corr`.
+    gathers: RefCell<HashMap<u64, Rc<stats::Gather>>>,
     next_corr: Cell<u64>,
     /// Raised when the node shuts down: stop accepting and reading.
     pub shutdown: Latch,
@@ -122,6 +133,7 @@ impl ExecutorCtx {
             topology,
             peers,
             pending: RefCell::new(HashMap::new()),
+            gathers: RefCell::new(HashMap::new()),
             next_corr: Cell::new(1),
             shutdown: Latch::default(),
             conns: RefCell::new(HashMap::new()),
@@ -192,6 +204,10 @@ impl ExecutorCtx {
                     conn.push_frame(&frame);
                     conn.finish_one();
                 }
+            }
+            ShardMsg::StatsRequest { from, corr } => self.answer_stats(from, corr),
+            ShardMsg::StatsReply { corr, shard, counters } => {
+                self.on_stats_reply(corr, shard, counters)
             }
         }
     }

@@ -32,11 +32,25 @@ pub enum Opcode {
     Put = 4,
     /// Delete one key (writes a tombstone).
     Delete = 5,
+    /// Every shard's engine counters, from any port of a node. Empty request body.
+    Stats = 6,
     /// An error response; body is an `ErrorResponse`.
     Error = 0x7F,
 }
 
 impl Opcode {
+    /// Every opcode, for tests and documentation. The numbers are part of the protocol: never
+    /// renumber, only add.
+    pub const ALL: [Opcode; 7] = [
+        Opcode::Ping,
+        Opcode::Topology,
+        Opcode::Get,
+        Opcode::Put,
+        Opcode::Delete,
+        Opcode::Stats,
+        Opcode::Error,
+    ];
+
     /// Decodes the low 7 bits of an opcode byte.
     pub fn from_u8(v: u8) -> Option<Opcode> {
         match v & !RESPONSE_BIT {
@@ -45,6 +59,7 @@ impl Opcode {
             3 => Some(Opcode::Get),
             4 => Some(Opcode::Put),
             5 => Some(Opcode::Delete),
+            6 => Some(Opcode::Stats),
             0x7F => Some(Opcode::Error),
             _ => None,
         }
@@ -152,7 +167,7 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        for op in [Opcode::Ping, Opcode::Topology, Opcode::Get, Opcode::Put, Opcode::Delete] {
+        for op in Opcode::ALL {
             for response in [false, true] {
                 let h = FrameHeader {
                     opcode: op,
@@ -166,11 +181,29 @@ mod tests {
     }
 
     #[test]
+    fn opcode_numbers_are_stable() {
+        let numbers: Vec<u8> = Opcode::ALL.iter().map(|op| *op as u8).collect();
+        assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6, 0x7F]);
+        for op in Opcode::ALL {
+            assert_eq!(Opcode::from_u8(op as u8), Some(op));
+            assert_eq!(Opcode::from_u8(op as u8 | RESPONSE_BIT), Some(op));
+        }
+        for unknown in [0u8, 7, 0x33, 0x7E] {
+            assert_eq!(Opcode::from_u8(unknown), None);
+        }
+    }
+
+    #[test]
     fn header_golden_bytes() {
         let h = FrameHeader::request(Opcode::Get, 1, 2);
         assert_eq!(
             h.encode(),
             [0x31, 0x53, 0x56, 0x4B, 1, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let h = FrameHeader::response(Opcode::Stats, 7, 0);
+        assert_eq!(
+            h.encode(),
+            [0x31, 0x53, 0x56, 0x4B, 1, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
     }
 

@@ -27,7 +27,8 @@
 //!  8     8    request_id  chosen by the client, echoed in the response
 //! 16     4    body_len    bytes of body that follow, at most limits::FRAME_BODY_BYTES_MAX
 //! 20     4    reserved    must be 0
-//! 24     ..   body        an rkyv archive of the message for the opcode (empty for Ping)
+//! 24     ..   body        an rkyv archive of the message for the opcode (see msg; empty for
+//!                         Ping, and for Topology and Stats requests)
 //! ```
 //! All integers are little endian. A request and its response carry the same request id; a
 //! connection may have many requests in flight and responses may come back in any order.

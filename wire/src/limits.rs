@@ -24,5 +24,19 @@ pub const FRAME_BODY_BYTES_DEFAULT: u32 =
 /// Bound on an error message's length, so an error frame is always small.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 
+/// Bound on the counters of one shard in a stats response (the engine has about 40, plus two
+/// per LSM level, plus the node's request counters).
+pub const STATS_COUNTERS_PER_SHARD_MAX: usize = 512;
+
+/// Bound on a counter name's length in a stats response.
+pub const STATS_COUNTER_NAME_BYTES_MAX: usize = 64;
+
+/// The largest stats response a node can send: every shard with every counter at its longest,
+/// with room for rkyv's framing (a relative pointer and a length per string and vector).
+pub const STATS_RESPONSE_BYTES_MAX: u64 = crate::placement::SHARDS_MAX as u64
+    * (STATS_COUNTERS_PER_SHARD_MAX as u64 * (STATS_COUNTER_NAME_BYTES_MAX as u64 + 24) + 64)
+    + 64;
+
+const _: () = assert!(STATS_RESPONSE_BYTES_MAX <= FRAME_BODY_BYTES_MAX as u64);
 const _: () = assert!(FRAME_BODY_BYTES_DEFAULT <= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX_DEFAULT < VALUE_BYTES_MAX_DEFAULT);

@@ -16,9 +16,12 @@
 //! | Get      | [`GetRequest`]     | [`GetResponse`]                    |
 //! | Put      | [`PutRequest`]     | [`WriteResponse`]                  |
 //! | Delete   | [`DeleteRequest`]  | [`WriteResponse`]                  |
+//! | Stats    | empty              | [`StatsResponse`]                  |
 //! | (any)    |                    | opcode `Error`: [`ErrorResponse`]  |
 //!
-//! A change to any struct here is a change of the protocol version in [`crate::frame`].
+//! A change to any struct here is a change of the protocol version in [`crate::frame`]. A new
+//! opcode with new structs is not: a server that does not know the opcode answers
+//! `InvalidRequest` (unknown opcode) and closes the connection.
 
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -31,7 +34,11 @@ pub use rkyv::util::AlignedVec;
 
 use crate::error::ErrorCode;
 use crate::frame::{FrameHeader, Opcode};
-use crate::limits::{ERROR_MESSAGE_BYTES_MAX, FRAME_HEADER_BYTES};
+use crate::limits::{
+    ERROR_MESSAGE_BYTES_MAX, FRAME_HEADER_BYTES, STATS_COUNTERS_PER_SHARD_MAX,
+    STATS_COUNTER_NAME_BYTES_MAX,
+};
+use crate::placement::SHARDS_MAX;
 
 /// A write's version: hybrid logical clock reading, then the id of the node that stamped it.
 /// Versions order by `(hlc, node)`; the greater one wins.
@@ -140,6 +147,87 @@ pub struct TopologyResponse {
     /// Replication factor N.
     pub replication_factor: u8,
     pub nodes: Vec<NodeInfo>,
+}
+
+/// One named counter of a shard. Names are stable snake_case words (the engine's
+/// `EngineStats::counters` and the node's request counters); a name is only ever added, never
+/// renamed or reused, so a reader keys on names and ignores the ones it does not know.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Counter {
+    /// At most [`STATS_COUNTER_NAME_BYTES_MAX`] bytes.
+    pub name: String,
+    pub value: u64,
+}
+
+/// The counters of one shard of the answering node.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ShardStats {
+    /// The shard's index on its node, `0..shard_count`.
+    pub shard: u32,
+    /// At most [`STATS_COUNTERS_PER_SHARD_MAX`], each name once.
+    pub counters: Vec<Counter>,
+}
+
+/// The answer to a Stats request: every shard of the answering node that answered in time.
+///
+/// ## Format
+/// The rkyv archive of this struct (see the module docs). `shards` is sorted by `shard`;
+/// `missing` lists, sorted, the shards that did not answer within the node's gather timeout
+/// (or whose queue was full), so `shards.len() + missing.len() == shard_count`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StatsResponse {
+    /// The id of the node that answered.
+    pub node_id: u64,
+    /// The node's shard count, at most [`SHARDS_MAX`].
+    pub shard_count: u32,
+    pub shards: Vec<ShardStats>,
+    pub missing: Vec<u32>,
+}
+
+impl StatsResponse {
+    /// Checks what a reader relies on beyond rkyv validation: the bounds above, shard indexes
+    /// below `shard_count`, each shard reported once (answered or missing), unique counter
+    /// names. Returns a readable reason when the response breaks one.
+    pub fn check(&self) -> Result<(), String> {
+        if self.shard_count > u32::from(SHARDS_MAX) {
+            return Err(format!("shard_count {} exceeds {SHARDS_MAX}", self.shard_count));
+        }
+        let mut seen = vec![false; self.shard_count as usize];
+        let indexes = self.shards.iter().map(|s| s.shard).chain(self.missing.iter().copied());
+        for shard in indexes {
+            match seen.get_mut(shard as usize) {
+                None => {
+                    return Err(format!(
+                        "shard {shard} is not below shard_count {}",
+                        self.shard_count
+                    ))
+                }
+                Some(true) => return Err(format!("shard {shard} is reported twice")),
+                Some(slot) => *slot = true,
+            }
+        }
+        for s in &self.shards {
+            if s.counters.len() > STATS_COUNTERS_PER_SHARD_MAX {
+                return Err(format!(
+                    "shard {} has {} counters (at most {STATS_COUNTERS_PER_SHARD_MAX})",
+                    s.shard,
+                    s.counters.len()
+                ));
+            }
+            let mut names: Vec<&str> = s.counters.iter().map(|c| c.name.as_str()).collect();
+            if let Some(long) = names.iter().find(|n| n.len() > STATS_COUNTER_NAME_BYTES_MAX) {
+                return Err(format!("shard {}: counter name {long:?} is too long", s.shard));
+            }
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w.first() == w.get(1)) {
+                return Err(format!("shard {}: counter {:?} appears twice", s.shard, w.first()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a body could not be used.
@@ -295,6 +383,78 @@ mod tests {
         assert_eq!(e.message.len(), ERROR_MESSAGE_BYTES_MAX);
     }
 
+    fn stats_sample() -> StatsResponse {
+        let counters = |puts: u64| {
+            vec![
+                Counter { name: "puts".into(), value: puts },
+                Counter { name: "l0_tables".into(), value: 2 },
+                Counter { name: "table_bytes".into(), value: u64::MAX },
+            ]
+        };
+        StatsResponse {
+            node_id: 0x5c0f_3e1a_9b7d_2c44,
+            shard_count: 3,
+            shards: vec![
+                ShardStats { shard: 0, counters: counters(10) },
+                ShardStats { shard: 2, counters: counters(7) },
+            ],
+            missing: vec![1],
+        }
+    }
+
+    #[test]
+    fn stats_round_trip() {
+        let stats = stats_sample();
+        let mut out = Vec::new();
+        write_empty_frame(&mut out, Opcode::Stats, false, 5);
+        write_frame(&mut out, Opcode::Stats, true, 5, &stats).unwrap();
+        let (h1, b1) = body_of(&out);
+        assert_eq!((h1.opcode, h1.response, h1.body_len), (Opcode::Stats, false, 0));
+        assert!(b1.is_empty());
+        let (h2, b2) = body_of(&out[FRAME_HEADER_BYTES..]);
+        assert_eq!((h2.opcode, h2.response, h2.request_id), (Opcode::Stats, true, 5));
+        let a = access::<ArchivedStatsResponse>(&b2).unwrap();
+        assert_eq!(a.shards.len(), 2);
+        assert_eq!(a.shards[1].counters[0].name.as_str(), "puts");
+        assert_eq!(a.shards[1].counters[0].value.to_native(), 7);
+        let back: StatsResponse = to_owned(a).unwrap();
+        assert_eq!(back, stats);
+        assert_eq!(back.check(), Ok(()));
+        // A truncated body never validates.
+        for cut in [0, 1, b2.len() / 2, b2.len() - 1] {
+            let mut short: AlignedVec = AlignedVec::new();
+            short.extend_from_slice(&b2[..cut]);
+            assert!(access::<ArchivedStatsResponse>(&short).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn stats_check_refuses_inconsistent_responses() {
+        let mut s = stats_sample();
+        s.missing.clear();
+        assert!(s.check().is_ok(), "a shard neither answered nor missing is tolerated");
+        let mut s = stats_sample();
+        s.missing.push(0);
+        assert!(s.check().unwrap_err().contains("twice"));
+        let mut s = stats_sample();
+        s.shards[0].shard = 3;
+        assert!(s.check().unwrap_err().contains("shard_count"));
+        let mut s = stats_sample();
+        s.shard_count = u32::from(SHARDS_MAX) + 1;
+        assert!(s.check().is_err());
+        let mut s = stats_sample();
+        s.shards[0].counters.push(Counter { name: "puts".into(), value: 1 });
+        assert!(s.check().unwrap_err().contains("appears twice"));
+        let mut s = stats_sample();
+        s.shards[0].counters[0].name = "x".repeat(STATS_COUNTER_NAME_BYTES_MAX + 1);
+        assert!(s.check().unwrap_err().contains("too long"));
+        let mut s = stats_sample();
+        s.shards[0].counters = (0..=STATS_COUNTERS_PER_SHARD_MAX)
+            .map(|i| Counter { name: format!("c{i}"), value: 0 })
+            .collect();
+        assert!(s.check().unwrap_err().contains("counters"));
+    }
+
     #[test]
     fn garbage_bodies_are_rejected_not_trusted() {
         use rand::{Rng, SeedableRng};
@@ -311,6 +471,7 @@ mod tests {
             }
             let _ = access::<ArchivedTopologyResponse>(&body);
             let _ = access::<ArchivedGetResponse>(&body);
+            let _ = access::<ArchivedStatsResponse>(&body);
         }
         assert!(rejected > 19_000, "random bytes should almost never validate: {rejected}");
     }

@@ -27,6 +27,9 @@
 //!   would notice for ~15 minutes, or ever). The connection is then failed: its other requests
 //!   fail with [`ClientError::Timeout`] (and retry), and the next attempt reconnects.
 //!
+//! - [`Client::stats`] asks the node at the `connect` address (its node-level port) for every
+//!   shard's counters; it is not routed, so `connect` to the node you want to see.
+//!
 //! ## What it does not do (yet)
 //! - No quorum options: the coordinating node applies its configured consistency.
 //! - No client-side key or value limits beyond the protocol's frame limit: the server enforces
@@ -77,12 +80,13 @@ use crate::error::ErrorCode;
 use crate::frame::Opcode;
 use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::msg::{
-    self, AlignedVec, ArchivedErrorResponse, ArchivedGetResponse, ArchivedTopologyResponse,
-    ArchivedWriteResponse, DeleteRequest, GetRequest, GetResponse, PutRequest, WriteResponse,
+    self, AlignedVec, ArchivedErrorResponse, ArchivedGetResponse, ArchivedStatsResponse,
+    ArchivedTopologyResponse, ArchivedWriteResponse, DeleteRequest, GetRequest, GetResponse,
+    PutRequest, WriteResponse,
 };
 use crate::placement::{shard_of, token_of, NodeId, Ring, Token, SHARDS_MAX, VNODES_MAX};
 
-pub use crate::msg::{NodeInfo, Stamp, TopologyResponse};
+pub use crate::msg::{Counter, NodeInfo, ShardStats, Stamp, StatsResponse, TopologyResponse};
 
 use conn::{Conn, Failure, Shared};
 
@@ -333,6 +337,7 @@ impl Endpoint {
 enum Req {
     Ping,
     Topology,
+    Stats,
     Get(GetRequest),
     Put(PutRequest),
     Delete(DeleteRequest),
@@ -343,6 +348,7 @@ impl Req {
         match self {
             Req::Ping => Opcode::Ping,
             Req::Topology => Opcode::Topology,
+            Req::Stats => Opcode::Stats,
             Req::Get(_) => Opcode::Get,
             Req::Put(_) => Opcode::Put,
             Req::Delete(_) => Opcode::Delete,
@@ -354,7 +360,7 @@ impl Req {
         let start = out.len();
         let op = self.opcode();
         let written = match self {
-            Req::Ping | Req::Topology => {
+            Req::Ping | Req::Topology | Req::Stats => {
                 msg::write_empty_frame(out, op, false, id);
                 Ok(())
             }
@@ -387,6 +393,8 @@ enum Dest {
     Key(Token),
     /// Shard 0 of the first node.
     Any,
+    /// The address given to `connect`.
+    Seed,
 }
 
 struct Inner {
@@ -472,6 +480,18 @@ impl Client {
     /// when not shard-aware or the topology is empty).
     pub async fn ping(&self) -> Result<(), ClientError> {
         self.send(Dest::Any, &Req::Ping).await.map(|_| ())
+    }
+
+    /// Every shard's counters from the node at the `connect` address (whatever the topology
+    /// says): the shards that answered within the node's gather timeout, and the ones that did
+    /// not in [`StatsResponse::missing`]. The response is checked with
+    /// [`StatsResponse::check`].
+    pub async fn stats(&self) -> Result<StatsResponse, ClientError> {
+        let body = self.send(Dest::Seed, &Req::Stats).await?;
+        let archived = msg::access::<ArchivedStatsResponse>(&body).map_err(bad_body("stats"))?;
+        let resp: StatsResponse = msg::to_owned(archived).map_err(bad_body("stats"))?;
+        resp.check().map_err(|e| ClientError::Protocol(format!("invalid stats response: {e}")))?;
+        Ok(resp)
     }
 
     /// Fetches the topology again: from the `connect` address, else from each known node in
@@ -585,7 +605,7 @@ impl Client {
         dest: Dest,
         skip: usize,
     ) -> Result<&'t str, ClientError> {
-        if !self.inner.opts.shard_aware {
+        if !self.inner.opts.shard_aware || matches!(dest, Dest::Seed) {
             return Ok(&self.inner.seed_addr);
         }
         match dest {
@@ -599,6 +619,7 @@ impl Client {
                 .map(String::as_str)
                 .or_else(|| topo.resp.nodes.first().map(|n| n.addr.as_str()))
                 .unwrap_or(&self.inner.seed_addr)),
+            Dest::Seed => Ok(&self.inner.seed_addr),
         }
     }
 

@@ -88,6 +88,10 @@ struct State {
     mute_accepts: Cell<usize>,
     /// The connections muted so far, held open.
     muted: RefCell<Vec<TcpStream>>,
+    /// The ports Stats requests arrived on.
+    stats_ports: RefCell<Vec<u16>>,
+    /// The answer to a Stats request (default: one `keys` counter per shard).
+    stats_reply: RefCell<Option<StatsResponse>>,
 }
 
 impl State {
@@ -110,6 +114,26 @@ impl State {
             }
             Opcode::Ping => {
                 msg::write_empty_frame(&mut out, Opcode::Ping, true, id);
+                return Action::Reply { bytes: out, data: false };
+            }
+            Opcode::Stats => {
+                self.stats_ports.borrow_mut().push(port);
+                let reply = self.stats_reply.borrow().clone().unwrap_or_else(|| {
+                    let shards = self.topo.borrow().nodes[0].shard_ports.len() as u32;
+                    let keys = self.store.borrow().len() as u64;
+                    StatsResponse {
+                        node_id: 1,
+                        shard_count: shards,
+                        shards: (0..shards)
+                            .map(|shard| ShardStats {
+                                shard,
+                                counters: vec![Counter { name: "keys".into(), value: keys }],
+                            })
+                            .collect(),
+                        missing: Vec::new(),
+                    }
+                });
+                msg::write_frame(&mut out, Opcode::Stats, true, id, &reply).unwrap();
                 return Action::Reply { bytes: out, data: false };
             }
             _ => {}
@@ -324,6 +348,8 @@ impl Fake {
             next_raw: RefCell::new(None),
             mute_accepts: Cell::new(0),
             muted: RefCell::new(Vec::new()),
+            stats_ports: RefCell::new(Vec::new()),
+            stats_reply: RefCell::new(None),
         });
         Fake { state, node_port, shard_ports }
     }
@@ -339,6 +365,30 @@ impl Fake {
 
 fn quick() -> ClientOptions {
     ClientOptions { request_timeout: Duration::from_millis(500), ..ClientOptions::default() }
+}
+
+/// Stats goes to the `connect` address (the node-level port), not to a shard, and its answer is
+/// checked beyond rkyv validation.
+#[test]
+fn stats_asks_the_connect_address() {
+    run(|| async {
+        let fake = Fake::sharded(3);
+        let c = fake.client(quick()).await;
+        c.put(b"k", b"v").await.unwrap();
+        let stats = c.stats().await.unwrap();
+        assert_eq!(*fake.state.stats_ports.borrow(), vec![fake.node_port]);
+        assert_eq!((stats.node_id, stats.shard_count, stats.shards.len()), (1, 3, 3));
+        assert_eq!(stats.shards[2].counters, vec![Counter { name: "keys".into(), value: 1 }]);
+
+        let mut twice = stats.clone();
+        twice.missing = vec![0];
+        *fake.state.stats_reply.borrow_mut() = Some(twice);
+        match c.stats().await {
+            Err(ClientError::Protocol(m)) => assert!(m.contains("twice"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        c.close().await;
+    });
 }
 
 #[test]
