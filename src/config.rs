@@ -151,6 +151,8 @@ impl NodeConfig {
             wal_segment_bytes: self.wal_segment_mb.saturating_mul(1024 * 1024),
             memtable_bytes_max: self.memtable_mb.saturating_mul(1024 * 1024),
             block_cache_bytes: self.block_cache_mb.saturating_mul(1024 * 1024),
+            // Expiry is judged by the same wall clock the node stamps writes and TTLs with.
+            clock: kvs_shards::Clock::System,
         }
     }
 

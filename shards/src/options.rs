@@ -1,7 +1,7 @@
 //! [`ShardOptions`]: every setting of one shard engine, with defaults, units and `validate`.
 
 use crate::limits;
-use crate::ShardError;
+use crate::{Clock, ShardError};
 use std::path::PathBuf;
 
 /// When a write is acknowledged.
@@ -38,6 +38,9 @@ pub struct ShardOptions {
     /// Budget of the shard's block cache (verified, decompressed SSTable data blocks), in
     /// bytes. Default 64 MiB; 0 disables the cache (every table read goes to disk).
     pub block_cache_bytes: u64,
+    /// Where reads take "now" when they decide whether a value has expired (see
+    /// [`crate::Clock`]). Default [`Clock::System`]; tests use [`Clock::manual`].
+    pub clock: Clock,
 }
 
 impl Default for ShardOptions {
@@ -49,6 +52,7 @@ impl Default for ShardOptions {
             wal_segment_bytes: 64 * 1024 * 1024,
             memtable_bytes_max: 64 * 1024 * 1024,
             block_cache_bytes: 64 * 1024 * 1024,
+            clock: Clock::System,
         }
     }
 }
