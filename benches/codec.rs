@@ -9,7 +9,7 @@ use kvs_wire::msg::{
 use kvs_wire::{FrameHeader, Opcode};
 
 fn codec(c: &mut Criterion) {
-    let put = PutRequest { key: b"k000000000000042".to_vec(), value: vec![b'.'; 100] };
+    let put = PutRequest { key: b"k000000000000042".to_vec(), value: vec![b'.'; 100], ttl_ms: 0 };
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
     let mut out = Vec::with_capacity(4096);

@@ -31,6 +31,10 @@ pub enum Command {
     Put {
         key: String,
         value: String,
+        /// Time to live, seconds: once it has passed the key reads as missing. At least 1, at
+        /// most 10 years [default: never expires].
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u64>,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -288,7 +292,7 @@ pub fn run() -> i32 {
                 kvs_perf::runner::EXIT_CANNOT_RUN
             }
         },
-        Command::Put { key, value, conn } => client_command(&conn, move |c| async move {
+        Command::Put { key, value, ttl, conn } => client_command(&conn, move |c| async move {
             let value = if value == "-" {
                 let mut buf = Vec::new();
                 std::io::stdin()
@@ -298,7 +302,12 @@ pub fn run() -> i32 {
             } else {
                 value.into_bytes()
             };
-            c.put(key.as_bytes(), &value).await?;
+            match ttl {
+                Some(secs) => {
+                    c.put_with_ttl(key.as_bytes(), &value, Duration::from_secs(secs)).await?
+                }
+                None => c.put(key.as_bytes(), &value).await?,
+            };
             Ok(0)
         }),
         Command::Get { key, conn } => client_command(&conn, move |c| async move {

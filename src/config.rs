@@ -233,6 +233,8 @@ impl NodeConfig {
                 gc_grace_ms: self.gc_grace_s.saturating_mul(1000),
                 ..CompactionOptions::default()
             },
+            // Expiry is judged by the same wall clock the node stamps writes and TTLs with.
+            clock: kvs_shards::Clock::System,
         }
     }
 

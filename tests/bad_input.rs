@@ -48,7 +48,7 @@ fn still_serves(server: &Server, n: u64) {
         Opcode::Put,
         false,
         1,
-        &PutRequest { key: key.clone(), value: b"ok".to_vec() },
+        &PutRequest { key: key.clone(), value: b"ok".to_vec(), ttl_ms: 0 },
     )
     .unwrap();
     raw.send(&frame);
@@ -143,7 +143,7 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() {
         Opcode::Put,
         false,
         11,
-        &PutRequest { key: vec![b'k'; 1 << 20], value: b"v".to_vec() },
+        &PutRequest { key: vec![b'k'; 1 << 20], value: b"v".to_vec(), ttl_ms: 0 },
     )
     .unwrap();
     raw.send(&frame);

@@ -114,7 +114,7 @@ fn key_on_shard_2_through_other_ports() {
             Opcode::Put,
             false,
             id,
-            &PutRequest { key: key.clone(), value: value.clone() },
+            &PutRequest { key: key.clone(), value: value.clone(), ttl_ms: 0 },
         )
         .unwrap();
         raw.send(&frame);

@@ -336,6 +336,20 @@ impl Engine {
     /// Writes `value` under `key` at `stamp`; returns once durable per [`SyncMode`]. A write
     /// older than the stored version is made durable but does not change the stored value.
     pub async fn put(&self, key: &[u8], value: &[u8], stamp: Stamp) -> Result<(), ShardError> {
+        self.put_with_expiry(key, value, stamp, None).await
+    }
+
+    /// [`Engine::put`] of a value that expires at `expires_at_ms` (wall-clock ms since the
+    /// Unix epoch; `None` = never). From then on reads of `key` answer [`Lookup::Deleted`] at
+    /// `stamp` (judged by [`ShardOptions::clock`]): the expired value still shadows older
+    /// versions, as a tombstone would. The expiry goes into the WAL record and the SSTable.
+    pub async fn put_with_expiry(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        stamp: Stamp,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), ShardError> {
         check_key(key)?;
         if value.len() as u64 > VALUE_BYTES_MAX {
             return Err(ShardError::ValueTooLarge {
@@ -343,9 +357,9 @@ impl Engine {
                 value_bytes_max: VALUE_BYTES_MAX,
             });
         }
-        let payload = WalRecord::Put { stamp, key, value }.encode();
+        let payload = WalRecord::Put { stamp, key, value, expires_at_ms }.encode();
         let pending = self.log(&payload).await?;
-        self.memtable.borrow_mut().put(key, value, stamp);
+        self.memtable.borrow_mut().put_expiring(key, value, stamp, expires_at_ms);
         drop(pending);
         self.puts.set(self.puts.get() + 1);
         self.user_bytes_written
@@ -366,7 +380,9 @@ impl Engine {
     }
 
     /// Reads `key`: the greatest version in the memtable, the immutable memtable and the
-    /// tables (see "Reads" in the module docs).
+    /// tables (see "Reads" in the module docs). Versions are reconciled as stored; if the
+    /// winner is a value whose expiry is at or before [`ShardOptions::clock`]'s now, the answer
+    /// is [`Lookup::Deleted`] at its stamp (like `compaction::merge` rule 3).
     pub async fn get(&self, key: &[u8]) -> Result<Lookup, ShardError> {
         if self.closed.get() {
             return Err(ShardError::Closed);
@@ -389,13 +405,17 @@ impl Engine {
             }
             if let Some(found) = table.get(key).await? {
                 let entry = match found.value {
-                    SstValue::Value(value) => Entry::Value { value, stamp: found.stamp },
+                    SstValue::Value(value) => Entry::Value {
+                        value,
+                        stamp: found.stamp,
+                        expires_at_ms: found.expires_at_ms,
+                    },
                     SstValue::Tombstone => Entry::Tombstone { stamp: found.stamp },
                 };
                 consider(&mut best, entry);
             }
         }
-        Ok(best.map_or(Lookup::Missing, |e| e.to_lookup()))
+        Ok(best.map_or(Lookup::Missing, |e| e.to_lookup(self.opts.clock.now_ms())))
     }
 
     /// A snapshot of the counters.
@@ -856,7 +876,8 @@ async fn build_table(
             Entry::Value { value, .. } => SstValueRef::Value(value),
             Entry::Tombstone { .. } => SstValueRef::Tombstone,
         };
-        let entry = EntryRef { key, stamp: entry.stamp(), value, expires_at_ms: None };
+        let expires_at_ms = entry.expires_at_ms();
+        let entry = EntryRef { key, stamp: entry.stamp(), value, expires_at_ms };
         if let Err(e) = builder.add(entry).await {
             let _ = builder.abort().await;
             return Err(e);
@@ -997,13 +1018,6 @@ fn compaction_backlog(levels: &[Vec<TableMeta>], opts: &CompactionOptions) -> u6
             })
             .sum(),
     }
-}
-
-/// The wall clock in ms since the Unix epoch (0 if the clock is before it).
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Waits until the manifest is in the engine and takes it; `None` once the engine is gone or
@@ -1302,7 +1316,7 @@ impl Engine {
             sstable: self.opts.sstable,
             output_table_bytes,
             ctx: MergeContext {
-                now_ms: wall_ms(),
+                now_ms: self.opts.clock.now_ms(),
                 gc_grace_ms: opts.gc_grace_ms,
                 bottommost: plan.bottommost,
             },

@@ -2,7 +2,9 @@
 //!
 //! # What is here
 //! - [`Engine`]: the shard's API for the node: `open` (manifest, tables, WAL replay), `put`,
-//!   `delete`, `get`, `stats`, `close`; memtable freeze and background flush to SSTables.
+//!   `put_with_expiry` (per-key TTL as an absolute expiry), `delete`, `get`, `stats`, `close`;
+//!   memtable freeze and background flush to SSTables.
+//! - [`Clock`]: the wall clock reads judge expiry by (manual in tests).
 //! - [`memtable`]: the sorted in-memory table, last-write-wins by [`Stamp`].
 //! - [`wal`]: segment naming, the WAL record payload and recovery. Framing, checksums and group
 //!   commit come from kvs-io.
@@ -28,6 +30,8 @@
 //!   file in [`SyncMode::Periodic`]), before the call returns.
 //! - Last write wins by ([`Stamp`], tombstone over value, greater value): the result does not
 //!   depend on completion or replay order.
+//! - A value whose expiry has passed reads as a tombstone at its stamp wherever it is stored
+//!   (memtable or SSTable), so it still shadows older versions.
 //! - Only the newest WAL segment may have a torn tail (nothing valid past the last write
 //!   window); recovery truncates it, reports it, and seals the segment. Every older segment
 //!   must end with a matching seal. Damage anywhere else is an error naming the file and
@@ -44,6 +48,7 @@
 )]
 
 pub mod cache;
+mod clock;
 pub mod compaction;
 mod engine;
 mod error;
@@ -56,6 +61,7 @@ mod stats;
 mod types;
 pub mod wal;
 
+pub use clock::Clock;
 pub use engine::Engine;
 pub use error::ShardError;
 pub use options::{ShardOptions, SyncMode};

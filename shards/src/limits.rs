@@ -1,13 +1,14 @@
 //! Every bound of the shard engine, in one place, related by compile-time assertions.
 
-use crate::wal::record::RECORD_HEADER_BYTES;
+use crate::wal::record::RECORD_HEADER_BYTES_MAX;
 
 /// Largest key, in bytes.
 pub const KEY_BYTES_MAX: u64 = 64 * 1024 - 1;
 /// Largest value, in bytes.
 pub const VALUE_BYTES_MAX: u64 = 1024 * 1024;
-/// Largest WAL record payload the engine produces: header, key and value.
-pub const WAL_RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX;
+/// Largest WAL record payload the engine produces: the longest header (a put with expiry),
+/// key and value.
+pub const WAL_RECORD_BYTES_MAX: u64 = RECORD_HEADER_BYTES_MAX + KEY_BYTES_MAX + VALUE_BYTES_MAX;
 /// Smallest WAL segment: room for the segment header block and the largest record.
 pub const WAL_SEGMENT_BYTES_MIN: u64 = 2 * 1024 * 1024;
 /// Largest WAL segment.

@@ -5,9 +5,14 @@
 //!
 //! ## Invariants
 //! - Last write wins by [`Entry`] precedence: the greater [`Stamp`]; on equal stamps a
-//!   tombstone beats a value and a greater value beats a smaller one. Precedence is a total
+//!   tombstone beats a value and a greater value beats a smaller one; on equal values, the one
+//!   that lives longer (no expiry, else the later expiry). Precedence is a total
 //!   order, so applying the same entries in any order yields the same map: concurrent writers
 //!   may complete in any order and WAL replay is idempotent.
+//! - Expiry does not change precedence beyond a last tie-break: an expired value keeps its
+//!   place (it still shadows older versions); readers turn it into a tombstone at its stamp
+//!   ([`Entry::to_lookup`] with the reader's `now_ms`). Nothing is removed from the map when
+//!   it expires: compaction drops it later (see `compaction::merge`, rule 3).
 //! - `approx_bytes` is the sum of [`Entry::approx_bytes`] over the map (key and value bytes
 //!   plus a fixed per-entry overhead); it only estimates memory, for the flush budget.
 //!
@@ -37,6 +42,9 @@ pub enum Entry {
         value: Vec<u8>,
         /// Its version.
         stamp: Stamp,
+        /// When the value expires, in wall-clock ms since the Unix epoch; `None` = never. From
+        /// that instant on it reads as a tombstone at `stamp`.
+        expires_at_ms: Option<u64>,
     },
     /// A delete at `stamp`.
     Tombstone {
@@ -58,11 +66,29 @@ impl Entry {
         self.precedence() > other.precedence()
     }
 
-    fn precedence(&self) -> (Stamp, u8, &[u8]) {
+    /// The total order of entries: stamp, then kind (tombstone last), then value bytes, then
+    /// lifetime (`None` = never expires, above every expiry; tombstones have none).
+    fn precedence(&self) -> (Stamp, u8, &[u8], bool, u64) {
         match self {
-            Entry::Value { value, stamp } => (*stamp, 0, value),
-            Entry::Tombstone { stamp } => (*stamp, 1, &[]),
+            Entry::Value { value, stamp, expires_at_ms } => {
+                (*stamp, 0, value, expires_at_ms.is_none(), expires_at_ms.unwrap_or(0))
+            }
+            Entry::Tombstone { stamp } => (*stamp, 1, &[], true, 0),
         }
+    }
+
+    /// When the entry expires (ms since the Unix epoch); `None` for tombstones and for values
+    /// that never expire.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        match self {
+            Entry::Value { expires_at_ms, .. } => *expires_at_ms,
+            Entry::Tombstone { .. } => None,
+        }
+    }
+
+    /// Whether this is a value whose expiry is at or before `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms().is_some_and(|at| at <= now_ms)
     }
 
     /// Estimated memory of this entry under `key_bytes` of key.
@@ -74,10 +100,16 @@ impl Entry {
         (key_bytes + value_bytes) as u64 + ENTRY_OVERHEAD_BYTES
     }
 
-    /// The entry as a read answer.
-    pub fn to_lookup(&self) -> Lookup {
+    /// The entry as a read answer at wall-clock `now_ms`: a value that expired at or before
+    /// `now_ms` reads as [`Lookup::Deleted`] at its own stamp, like a tombstone.
+    pub fn to_lookup(&self, now_ms: u64) -> Lookup {
         match self {
-            Entry::Value { value, stamp } => Lookup::Found { value: value.clone(), stamp: *stamp },
+            Entry::Value { stamp, .. } if self.is_expired(now_ms) => {
+                Lookup::Deleted { stamp: *stamp }
+            }
+            Entry::Value { value, stamp, .. } => {
+                Lookup::Found { value: value.clone(), stamp: *stamp }
+            }
             Entry::Tombstone { stamp } => Lookup::Deleted { stamp: *stamp },
         }
     }
@@ -274,10 +306,22 @@ impl Memtable {
         self.apply(key, entry.stamp(), || entry)
     }
 
-    /// Applies a put; see [`Memtable::insert`].
+    /// Applies a put of a value that never expires; see [`Memtable::insert`].
     pub fn put(&mut self, key: &[u8], value: &[u8], stamp: Stamp) -> bool {
+        self.put_expiring(key, value, stamp, None)
+    }
+
+    /// Applies a put of a value that expires at `expires_at_ms` (ms since the Unix epoch;
+    /// `None` = never); see [`Memtable::insert`].
+    pub fn put_expiring(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        stamp: Stamp,
+        expires_at_ms: Option<u64>,
+    ) -> bool {
         // The value is only copied once no newer stamp is stored.
-        self.apply(key, stamp, || Entry::Value { value: value.to_vec(), stamp })
+        self.apply(key, stamp, || Entry::Value { value: value.to_vec(), stamp, expires_at_ms })
     }
 
     /// One map search per write: finds or reserves the slot for `key`, returns early if the
@@ -325,9 +369,9 @@ impl Memtable {
         self.map.get(KeyRef::new(key))
     }
 
-    /// The read answer for `key`.
-    pub fn lookup(&self, key: &[u8]) -> Lookup {
-        self.get(key).map_or(Lookup::Missing, Entry::to_lookup)
+    /// The read answer for `key` at wall-clock `now_ms` (see [`Entry::to_lookup`]).
+    pub fn lookup(&self, key: &[u8], now_ms: u64) -> Lookup {
+        self.get(key).map_or(Lookup::Missing, |e| e.to_lookup(now_ms))
     }
 
     /// Number of keys, tombstones included.
@@ -364,28 +408,79 @@ mod tests {
         Stamp { hlc, node }
     }
 
+    fn val(v: &[u8], stamp: Stamp, expires_at_ms: Option<u64>) -> Entry {
+        Entry::Value { value: v.to_vec(), stamp, expires_at_ms }
+    }
+
+    #[test]
+    fn a_value_reads_as_a_tombstone_from_its_expiry_on() {
+        let mut m = Memtable::new();
+        assert!(m.put_expiring(b"k", b"v", s(10, 1), Some(1_000)));
+        let found = Lookup::Found { value: b"v".to_vec(), stamp: s(10, 1) };
+        assert_eq!(m.lookup(b"k", 0), found);
+        assert_eq!(m.lookup(b"k", 999), found);
+        // Expired exactly at its expiry, and it keeps its stamp.
+        assert_eq!(m.lookup(b"k", 1_000), Lookup::Deleted { stamp: s(10, 1) });
+        assert_eq!(m.lookup(b"k", u64::MAX), Lookup::Deleted { stamp: s(10, 1) });
+        // Still an entry: it shadows older writes, and it is not counted as a tombstone (it is
+        // written to tables as a value with its expiry).
+        assert!(!m.put(b"k", b"older", s(9, 9)));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.tombstones(), 0);
+        assert!(m.get(b"k").is_some_and(|e| e.is_expired(1_000) && !e.is_expired(999)));
+        // A newer write without expiry replaces it.
+        assert!(m.put(b"k", b"new", s(11, 0)));
+        assert_eq!(
+            m.lookup(b"k", u64::MAX),
+            Lookup::Found { value: b"new".to_vec(), stamp: s(11, 0) }
+        );
+        assert_eq!(m.get(b"k").and_then(Entry::expires_at_ms), None);
+    }
+
+    #[test]
+    fn expiry_breaks_ties_of_equal_stamp_and_value_the_same_in_any_order() {
+        let entries = [
+            val(b"v", s(5, 5), Some(10)),
+            val(b"v", s(5, 5), Some(20)),
+            val(b"v", s(5, 5), None),
+            val(b"a", s(5, 5), None),
+        ];
+        let mut perms = vec![];
+        permute(&[0, 1, 2, 3], &mut vec![], &mut perms);
+        for p in perms {
+            let mut m = Memtable::new();
+            for i in p {
+                m.insert(b"k", entries[i].clone());
+            }
+            assert_eq!(m.get(b"k"), Some(&entries[2]));
+        }
+        assert!(entries[1].supersedes(&entries[0]));
+        assert!(!entries[0].supersedes(&entries[1]));
+        assert!(Entry::Tombstone { stamp: s(5, 5) }.supersedes(&entries[2]));
+    }
+
     #[test]
     fn older_stamp_is_ignored() {
         let mut m = Memtable::new();
         assert!(m.put(b"k", b"new", s(10, 1)));
         assert!(!m.put(b"k", b"old", s(9, 5)));
         assert!(!m.delete(b"k", s(10, 0)));
-        assert_eq!(m.lookup(b"k"), Lookup::Found { value: b"new".to_vec(), stamp: s(10, 1) });
+        assert_eq!(m.lookup(b"k", 0), Lookup::Found { value: b"new".to_vec(), stamp: s(10, 1) });
         assert!(m.delete(b"k", s(11, 0)));
-        assert_eq!(m.lookup(b"k"), Lookup::Deleted { stamp: s(11, 0) });
+        assert_eq!(m.lookup(b"k", 0), Lookup::Deleted { stamp: s(11, 0) });
         assert_eq!(m.tombstones(), 1);
         assert!(m.put(b"k", b"again", s(12, 0)));
         assert_eq!(m.tombstones(), 0);
-        assert_eq!(m.lookup(b"zz"), Lookup::Missing);
+        assert_eq!(m.lookup(b"zz", 0), Lookup::Missing);
     }
 
     #[test]
     fn equal_stamps_resolve_the_same_in_any_order() {
         let entries = [
-            Entry::Value { value: b"a".to_vec(), stamp: s(5, 5) },
-            Entry::Value { value: b"b".to_vec(), stamp: s(5, 5) },
+            val(b"a", s(5, 5), None),
+            val(b"b", s(5, 5), None),
             Entry::Tombstone { stamp: s(5, 5) },
-            Entry::Value { value: b"z".to_vec(), stamp: s(4, 9) },
+            val(b"z", s(4, 9), None),
         ];
         let mut results = Vec::new();
         // All 24 orders.
@@ -397,7 +492,7 @@ mod tests {
             for i in p {
                 m.insert(b"k", entries[i].clone());
             }
-            results.push(m.lookup(b"k"));
+            results.push(m.lookup(b"k", 0));
         }
         assert!(results.iter().all(|r| *r == results[0]));
         assert_eq!(results[0], Lookup::Deleted { stamp: s(5, 5) });
@@ -542,14 +637,20 @@ mod tests {
                 let entry = if rng.gen_bool(0.2) {
                     Entry::Tombstone { stamp }
                 } else {
-                    Entry::Value { value: i.to_be_bytes().to_vec(), stamp }
+                    let expires_at_ms = match rng.gen_range(0..4) {
+                        0 => Some(rng.gen_range(0..4)),
+                        _ => None,
+                    };
+                    Entry::Value { value: i.to_be_bytes().to_vec(), stamp, expires_at_ms }
                 };
                 let want = reference.get(&key).is_none_or(|old| entry.supersedes(old));
                 if want {
                     reference.insert(key.clone(), entry.clone());
                 }
                 let applied = match &entry {
-                    Entry::Value { value, stamp } if round % 2 == 0 => m.put(&key, value, *stamp),
+                    Entry::Value { value, stamp, expires_at_ms } if round % 2 == 0 => {
+                        m.put_expiring(&key, value, *stamp, *expires_at_ms)
+                    }
                     _ => m.insert(&key, entry),
                 };
                 assert_eq!(applied, want, "{key:?}");

@@ -3,7 +3,7 @@
 use crate::compaction::CompactionOptions;
 use crate::limits;
 use crate::sstable::SstableOptions;
-use crate::ShardError;
+use crate::{Clock, ShardError};
 use std::path::PathBuf;
 
 /// When a write is acknowledged.
@@ -45,6 +45,9 @@ pub struct ShardOptions {
     pub sstable: SstableOptions,
     /// Compaction: style, level sizes, output size, I/O rate, tombstone grace, write stall.
     pub compaction: CompactionOptions,
+    /// Where reads take "now" when they decide whether a value has expired (see
+    /// [`crate::Clock`]). Default [`Clock::System`]; tests use [`Clock::manual`].
+    pub clock: Clock,
 }
 
 impl Default for ShardOptions {
@@ -58,6 +61,7 @@ impl Default for ShardOptions {
             block_cache_bytes: 64 * 1024 * 1024,
             sstable: SstableOptions::default(),
             compaction: CompactionOptions::default(),
+            clock: Clock::System,
         }
     }
 }

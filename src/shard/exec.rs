@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use kvs_shards::{Lookup, ShardError};
+use kvs_wire::limits::TTL_MS_MAX;
 use kvs_wire::msg::{
     self, AlignedVec, ArchivedDeleteRequest, ArchivedGetRequest, ArchivedPutRequest, GetResponse,
     Stamp, WriteResponse,
@@ -30,10 +31,14 @@ fn to_wire(s: kvs_shards::Stamp) -> Stamp {
     Stamp { hlc: s.hlc, node: s.node }
 }
 
-/// The key of a keyed request, and a Put's value, from one validated access of the body.
+/// The key of a keyed request, and a Put's value and TTL, from one validated access of the
+/// body.
 struct Keyed<'a> {
     key: &'a [u8],
     value: &'a [u8],
+    /// A Put's time to live in ms, 0 = never expires (0 for other opcodes); checked against
+    /// [`TTL_MS_MAX`].
+    ttl_ms: u64,
 }
 
 /// Validates a keyed request's body once and returns its key (and value); or the error to
@@ -44,15 +49,24 @@ fn keyed(opcode: Opcode, body: &AlignedVec) -> Result<Keyed<'_>, (ErrorCode, Str
     let keyed = match opcode {
         Opcode::Get => {
             let get = msg::access::<ArchivedGetRequest>(body).map_err(invalid)?;
-            Keyed { key: get.key.as_slice(), value: &[] }
+            Keyed { key: get.key.as_slice(), value: &[], ttl_ms: 0 }
         }
         Opcode::Put => {
             let put = msg::access::<ArchivedPutRequest>(body).map_err(invalid)?;
-            Keyed { key: put.key.as_slice(), value: put.value.as_slice() }
+            let ttl_ms = put.ttl_ms.to_native();
+            if ttl_ms > TTL_MS_MAX {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "ttl_ms {ttl_ms} exceeds the maximum TTL of {TTL_MS_MAX} ms (10 years)"
+                    ),
+                ));
+            }
+            Keyed { key: put.key.as_slice(), value: put.value.as_slice(), ttl_ms }
         }
         Opcode::Delete => {
             let delete = msg::access::<ArchivedDeleteRequest>(body).map_err(invalid)?;
-            Keyed { key: delete.key.as_slice(), value: &[] }
+            Keyed { key: delete.key.as_slice(), value: &[], ttl_ms: 0 }
         }
         _ => return Err((ErrorCode::InvalidRequest, format!("{opcode:?} carries no key"))),
     };
@@ -142,7 +156,7 @@ impl ExecutorCtx {
                 "request reached an executor with no storage".into(),
             ));
         };
-        let Keyed { key, value } = keyed(opcode, body)?;
+        let Keyed { key, value, ttl_ms } = keyed(opcode, body)?;
         let owner = shard_of(token_of(key), self.settings.shard_count);
         if usize::from(owner.0) != self.index {
             return Err((
@@ -180,7 +194,13 @@ impl ExecutorCtx {
                     ));
                 }
                 let stamp = self.stamp();
-                engine.put(key, value, stamp).await.map_err(engine_err)?;
+                // The expiry is absolute, by this node's wall clock (the engine judges it by
+                // the same clock); `ttl_ms <= TTL_MS_MAX` keeps the sum far from overflow.
+                let expires_at_ms = (ttl_ms > 0).then(|| wall_ms().saturating_add(ttl_ms));
+                engine
+                    .put_with_expiry(key, value, stamp, expires_at_ms)
+                    .await
+                    .map_err(engine_err)?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
                 msg::write_frame(out, Opcode::Put, true, request_id, &response)
                     .map_err(encode_err)?;

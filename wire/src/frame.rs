@@ -13,7 +13,7 @@ use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 /// "KVS1" as a little-endian u32.
 pub const MAGIC: u32 = 0x4B56_5331;
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bit set in the opcode of every response.
 pub const RESPONSE_BIT: u8 = 0x80;
 
@@ -198,7 +198,7 @@ mod tests {
         let h = FrameHeader::request(Opcode::Get, 1, 2);
         assert_eq!(
             h.encode(),
-            [0x31, 0x53, 0x56, 0x4B, 1, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+            [0x31, 0x53, 0x56, 0x4B, 2, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
         );
         let h = FrameHeader::response(Opcode::Stats, 7, 0);
         assert_eq!(
@@ -218,8 +218,12 @@ mod tests {
         b[0] ^= 1;
         assert!(matches!(FrameHeader::decode(&b, 100), Err(FrameError::BadMagic { .. })));
         let mut b = good;
-        b[4] = 2;
-        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 2 }));
+        b[4] = 3;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 3 }));
+        // Version 1 (before `PutRequest::ttl_ms`) is refused, not misread.
+        let mut b = good;
+        b[4] = 1;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 1 }));
         let mut b = good;
         b[6] = 0x33;
         assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadOpcode { got: 0x33 }));

@@ -21,6 +21,12 @@ pub const BODY_OVERHEAD_BYTES: u32 = 256;
 pub const FRAME_BODY_BYTES_DEFAULT: u32 =
     KEY_BYTES_MAX_DEFAULT + VALUE_BYTES_MAX_DEFAULT + BODY_OVERHEAD_BYTES;
 
+/// Longest time-to-live a put may ask for (`PutRequest::ttl_ms`): 10 years of 365 days, in
+/// milliseconds. A node answers a longer one with `InvalidRequest`; it guards against units
+/// mixed up (seconds sent as ms from the wrong side, or a timestamp sent as a TTL) and keeps
+/// `now + ttl` far from overflowing.
+pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// Bound on an error message's length, so an error frame is always small.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 

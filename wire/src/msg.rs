@@ -75,6 +75,10 @@ pub struct GetRequest {
 pub struct PutRequest {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+    /// Time to live in milliseconds; 0 = the value never expires. The coordinating node turns
+    /// it into an absolute expiry with its own wall clock (`now + ttl_ms`); from then on the
+    /// key reads as missing. At most [`crate::limits::TTL_MS_MAX`], else `InvalidRequest`.
+    pub ttl_ms: u64,
 }
 
 /// Delete one key.
@@ -345,16 +349,38 @@ mod tests {
     #[test]
     fn put_round_trips_in_place() {
         let mut out = vec![1, 2, 3]; // frames need not start aligned in the output buffer
-        let msg = PutRequest { key: b"k1".to_vec(), value: vec![7; 100] };
+        let msg = PutRequest { key: b"k1".to_vec(), value: vec![7; 100], ttl_ms: 90_000 };
         write_frame(&mut out, Opcode::Put, false, 42, &msg).unwrap();
         let (h, body) = body_of(&out[3..]);
         assert_eq!((h.opcode, h.request_id, h.response), (Opcode::Put, 42, false));
         let a = access::<ArchivedPutRequest>(&body).unwrap();
         assert_eq!(a.key.as_slice(), b"k1");
         assert_eq!(a.value.as_slice(), &[7u8; 100][..]);
+        assert_eq!(a.ttl_ms.to_native(), 90_000);
         let back: PutRequest = to_owned(a).unwrap();
         assert_eq!(back, msg);
     }
+
+    /// The archived bytes of a put, pinned: a change here is a protocol change (bump
+    /// `PROTOCOL_VERSION`).
+    #[test]
+    fn put_body_golden_bytes() {
+        let msg = PutRequest { key: b"k".to_vec(), value: b"vv".to_vec(), ttl_ms: 0x0102_0304 };
+        let mut out = Vec::new();
+        write_frame(&mut out, Opcode::Put, false, 1, &msg).unwrap();
+        let (_, body) = body_of(&out);
+        assert_eq!(body.as_slice(), GOLDEN_PUT);
+    }
+
+    /// The key and value bytes first, then the root at offset 8: each `Vec` as a relative
+    /// pointer (i32, from the field's own offset) and a length (u32), then `ttl_ms` (u64).
+    #[rustfmt::skip]
+    const GOLDEN_PUT: &[u8] = &[
+        b'k', b'v', b'v', 0, 0, 0, 0, 0,  // key, value, padding to 8
+        0xf8, 0xff, 0xff, 0xff, 1, 0, 0, 0, // key: at 8 - 8 = 0, 1 byte
+        0xf1, 0xff, 0xff, 0xff, 2, 0, 0, 0, // value: at 16 - 15 = 1, 2 bytes
+        4, 3, 2, 1, 0, 0, 0, 0,             // ttl_ms
+    ];
 
     #[test]
     fn topology_and_error_round_trip() {

@@ -22,8 +22,8 @@
 //!    for the same two reasons (it shadows older versions, and replicas need to agree), so an
 //!    expired newest value becomes a tombstone with the value's stamp
 //!    ([`MergeOutcome::KeepAsTombstone`]) and is dropped when `now_ms - expiry_ms >
-//!    gc_grace_ms` at the bottom. Expired *older* versions go by rule 1. (The engine has no
-//!    TTL yet; `expiry_ms` is `None` for every entry today.)
+//!    gc_grace_ms` at the bottom. Expired *older* versions go by rule 1. The
+//!    engine's reads apply the same rule (an expired value reads as deleted at its stamp).
 //!
 //! A tombstone's time is taken from its stamp: the HLC reading holds wall-clock milliseconds
 //! in its high 48 bits ([`stamp_ms`]; this matches `kvs::cluster::hlc::LOGICAL_BITS`). A stamp

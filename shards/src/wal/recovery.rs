@@ -29,7 +29,7 @@
 use super::parse_segment_name;
 use super::record::WalRecord;
 use crate::limits::{WAL_RECORD_BYTES_MAX, WAL_WRITE_BYTES_MAX};
-use crate::memtable::{Entry, Memtable};
+use crate::memtable::Memtable;
 use crate::types::Stamp;
 use crate::ShardError;
 use kvs_io::{HeaderProblem, IoError, LogEnd, LogReader, ReadOutcome, SEAL_FRAME_BYTES};
@@ -268,8 +268,8 @@ async fn replay_segment(
 
 fn apply(out: &mut Recovered, record: WalRecord<'_>) {
     let stamp = match record {
-        WalRecord::Put { stamp, key, value } => {
-            out.memtable.insert(key, Entry::Value { value: value.to_vec(), stamp });
+        WalRecord::Put { stamp, key, value, expires_at_ms } => {
+            out.memtable.put_expiring(key, value, stamp, expires_at_ms);
             stamp
         }
         WalRecord::Delete { stamp, key } => {

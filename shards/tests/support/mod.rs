@@ -21,12 +21,19 @@ where
 }
 
 /// Options for a shard in `dir` with the smallest segments (2 MiB), to exercise rolling.
+/// Tombstones are never collected (infinite `gc_grace_ms`): the tests' stamps are small
+/// numbers, i.e. from 1970, so any finite grace would let a bottommost compaction drop them
+/// (tests of collection set their own grace).
 pub fn small_opts(dir: &Path, sync: SyncMode) -> ShardOptions {
     ShardOptions {
         dir: dir.to_path_buf(),
         sync,
         sync_period_ms: 5,
         wal_segment_bytes: kvs_shards::limits::WAL_SEGMENT_BYTES_MIN,
+        compaction: kvs_shards::compaction::CompactionOptions {
+            gc_grace_ms: u64::MAX,
+            ..Default::default()
+        },
         ..ShardOptions::default()
     }
 }

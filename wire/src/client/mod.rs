@@ -78,7 +78,7 @@ use glommio::GlommioError;
 
 use crate::error::ErrorCode;
 use crate::frame::Opcode;
-use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
+use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, TTL_MS_MAX};
 use crate::msg::{
     self, AlignedVec, ArchivedErrorResponse, ArchivedGetResponse, ArchivedStatsResponse,
     ArchivedTopologyResponse, ArchivedWriteResponse, DeleteRequest, GetRequest, GetResponse,
@@ -190,6 +190,10 @@ pub enum ClientError {
     /// [`ClientOptions::validate`] refused the options.
     #[error("invalid client options: {0}")]
     InvalidOptions(String),
+    /// An argument the server would refuse (for example a TTL of zero or over
+    /// [`crate::limits::TTL_MS_MAX`]); the request was not sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// The request's body would exceed the protocol's frame limit; it was not sent.
     #[error("request body of {len} bytes exceeds the frame limit of {max} bytes")]
     TooLarge { len: usize, max: u32 },
@@ -203,7 +207,9 @@ impl ClientError {
             ClientError::Timeout { .. } => ErrorCode::Timeout,
             ClientError::Io { .. } | ClientError::NoNodes => ErrorCode::Unavailable,
             ClientError::Protocol(_) => ErrorCode::Internal,
-            ClientError::InvalidOptions(_) => ErrorCode::InvalidRequest,
+            ClientError::InvalidOptions(_) | ClientError::InvalidRequest(_) => {
+                ErrorCode::InvalidRequest
+            }
             ClientError::TooLarge { .. } => ErrorCode::TooLarge,
         }
     }
@@ -462,8 +468,31 @@ impl Client {
 
     /// Writes `value` under `key`; returns the version it was stamped with.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Stamp, ClientError> {
+        self.put_ttl_ms(key, value, 0).await
+    }
+
+    /// Writes `value` under `key` to live for `ttl`: once that has passed (by the coordinating
+    /// node's wall clock, from when it stamped the write) the key reads as missing. `ttl` is
+    /// rounded up to whole milliseconds; it must be at least 1 ns and at most
+    /// [`TTL_MS_MAX`] ms, else [`ClientError::InvalidRequest`] and nothing is sent. Returns the
+    /// version the write was stamped with.
+    pub async fn put_with_ttl(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Stamp, ClientError> {
+        self.put_ttl_ms(key, value, ttl_ms_of(ttl)?).await
+    }
+
+    async fn put_ttl_ms(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Stamp, ClientError> {
         check_len(key.len().saturating_add(value.len()))?;
-        let req = Req::Put(PutRequest { key: key.to_vec(), value: value.to_vec() });
+        let req = Req::Put(PutRequest { key: key.to_vec(), value: value.to_vec(), ttl_ms });
         let body = self.send(Dest::Key(token_of(key)), &req).await?;
         decode_write(&body, "put")
     }
@@ -744,6 +773,22 @@ impl Drop for ResetOnDrop<'_> {
     fn drop(&mut self) {
         self.0.set(false);
     }
+}
+
+/// `ttl` in whole milliseconds, rounded up (so a short TTL never becomes 0, "no expiry").
+fn ttl_ms_of(ttl: Duration) -> Result<u64, ClientError> {
+    let ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(ClientError::InvalidRequest(
+            "a TTL must be positive (use put for a value that never expires)".into(),
+        ));
+    }
+    if ms > TTL_MS_MAX {
+        return Err(ClientError::InvalidRequest(format!(
+            "TTL of {ms} ms exceeds the maximum of {TTL_MS_MAX} ms (10 years)"
+        )));
+    }
+    Ok(ms)
 }
 
 fn check_len(len: usize) -> Result<(), ClientError> {

@@ -92,6 +92,8 @@ struct State {
     stats_ports: RefCell<Vec<u16>>,
     /// The answer to a Stats request (default: one `keys` counter per shard).
     stats_reply: RefCell<Option<StatsResponse>>,
+    /// `ttl_ms` of the last put received.
+    last_ttl_ms: Cell<Option<u64>>,
 }
 
 impl State {
@@ -205,6 +207,7 @@ impl State {
             }
             Opcode::Put => {
                 let a = msg::access::<ArchivedPutRequest>(body).unwrap();
+                self.last_ttl_ms.set(Some(a.ttl_ms.to_native()));
                 self.store.borrow_mut().insert(key, (a.value.as_slice().to_vec(), stamp));
                 msg::write_frame(&mut out, Opcode::Put, true, id, &WriteResponse { stamp })
                     .unwrap();
@@ -350,6 +353,7 @@ impl Fake {
             muted: RefCell::new(Vec::new()),
             stats_ports: RefCell::new(Vec::new()),
             stats_reply: RefCell::new(None),
+            last_ttl_ms: Cell::new(None),
         });
         Fake { state, node_port, shard_ports }
     }
@@ -412,6 +416,33 @@ fn round_trip() {
         assert_eq!(fake.state.accepts.get(), 1, "topology, ping and data share one connection");
         c.close().await;
         assert!(matches!(c.get(b"k").await, Err(ClientError::Io { .. })));
+    });
+}
+
+#[test]
+fn put_with_ttl_sends_whole_milliseconds_and_refuses_bad_ttls_unsent() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        c.put(b"k", b"v").await.unwrap();
+        assert_eq!(fake.state.last_ttl_ms.get(), Some(0), "a plain put never expires");
+        c.put_with_ttl(b"k", b"v", Duration::from_secs(90)).await.unwrap();
+        assert_eq!(fake.state.last_ttl_ms.get(), Some(90_000));
+        // Rounded up: a sub-millisecond TTL must not become 0 ("never").
+        c.put_with_ttl(b"k", b"v", Duration::from_micros(1_500)).await.unwrap();
+        assert_eq!(fake.state.last_ttl_ms.get(), Some(2));
+        c.put_with_ttl(b"k", b"v", Duration::from_nanos(1)).await.unwrap();
+        assert_eq!(fake.state.last_ttl_ms.get(), Some(1));
+        c.put_with_ttl(b"k", b"v", Duration::from_millis(TTL_MS_MAX)).await.unwrap();
+        assert_eq!(fake.state.last_ttl_ms.get(), Some(TTL_MS_MAX));
+        let sent = fake.state.data_total();
+        for bad in [Duration::ZERO, Duration::from_millis(TTL_MS_MAX + 1), Duration::MAX] {
+            let err = c.put_with_ttl(b"k", b"v", bad).await.unwrap_err();
+            assert!(matches!(err, ClientError::InvalidRequest(_)), "{bad:?}: {err:?}");
+            assert_eq!(err.code(), ErrorCode::InvalidRequest);
+        }
+        assert_eq!(fake.state.data_total(), sent, "refused TTLs are not sent");
+        c.close().await;
     });
 }
 
