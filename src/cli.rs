@@ -67,8 +67,30 @@ pub enum Command {
     },
     /// Load a target with a YCSB-style workload and report throughput and latency per
     /// operation (closed loop, or open loop at --rate). Exits 0 when every operation succeeded,
-    /// 1 when any failed or did not verify, 2 when the run could not be done.
-    Bench(kvs_perf::runner::BenchArgs),
+    /// 1 when any failed or did not verify, 2 when the run could not be done. `kvs bench engine`
+    /// benchmarks one storage engine in process instead (db_bench-style).
+    Bench(BenchCommand),
+}
+
+/// `kvs bench [FLAGS]` (the load harness) or `kvs bench SUBCOMMAND`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub sub: Option<BenchSub>,
+    #[command(flatten)]
+    pub load: kvs_perf::runner::BenchArgs,
+}
+
+/// Benchmarks other than the network load harness.
+#[derive(Subcommand, Debug)]
+pub enum BenchSub {
+    /// fillrandom, readrandom, readmissing and overwrite on ONE shard engine, in process (no
+    /// network), with db_bench's key layout. Exits 0 when every operation succeeded and
+    /// verified, 1 otherwise, 2 when the run could not be done.
+    Engine(kvs_perf::engine::EngineBenchArgs),
+    /// Print a `kvs bench engine --json` report next to db_bench output, with ratios.
+    EngineCompare(kvs_perf::engine::db_bench::CompareArgs),
 }
 
 /// How a client command reaches the store.
@@ -285,13 +307,33 @@ pub fn run() -> i32 {
                 2
             }
         },
-        Command::Bench(args) => match kvs_perf::runner::run(&args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                kvs_perf::runner::EXIT_CANNOT_RUN
+        Command::Bench(BenchCommand { sub: Some(BenchSub::Engine(args)), .. }) => {
+            match crate::engine_bench::run(&args) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    kvs_perf::runner::EXIT_CANNOT_RUN
+                }
             }
-        },
+        }
+        Command::Bench(BenchCommand { sub: Some(BenchSub::EngineCompare(args)), .. }) => {
+            match kvs_perf::engine::db_bench::run_compare(&args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    kvs_perf::runner::EXIT_CANNOT_RUN
+                }
+            }
+        }
+        Command::Bench(BenchCommand { sub: None, load: args }) => {
+            match kvs_perf::runner::run(&args) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    kvs_perf::runner::EXIT_CANNOT_RUN
+                }
+            }
+        }
         Command::Put { key, value, ttl, conn } => client_command(&conn, move |c| async move {
             let value = if value == "-" {
                 let mut buf = Vec::new();

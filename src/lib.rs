@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`cli`]: the `kvs` command (clap): `server`, `put`, `get`, `delete`, `topology`, `stats`,
 //!   `bench`.
+//! - [`engine_bench`]: `kvs bench engine`, the db_bench-style benchmark of one shard engine.
 //! - [`config`]: [`config::NodeConfig`], from defaults, a TOML file and flags, with `validate()`.
 //! - [`node`]: bootstrap of the shard executors and the cluster core, pinning, shutdown.
 //! - [`shard`]: the per-executor task: listener, frame loop, routing and forwarding between
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod engine_bench;
 pub mod node;
 pub mod shard;
 pub mod stats_report;

@@ -14,9 +14,12 @@
 //!
 //! - [`workload`]: YCSB-style workloads, key choosers, self-verifying values.
 //! - [`driver`]: the `Driver` trait and its kvs, redis and ping implementations.
+//! - [`engine`]: `kvs bench engine`: db_bench-style benchmarks of one storage engine in
+//!   process (no network), and reading db_bench's output to compare.
 //! - [`runner`]: the load loop (closed and open loop, coordinated omission), the report (table,
 //!   JSON, SVG plot) and the `kvs bench` flags.
 
 pub mod driver;
+pub mod engine;
 pub mod runner;
 pub mod workload;
