@@ -119,14 +119,16 @@ async fn model_run(seed: u64, opts: ShardOptions) -> u64 {
     total_tables(&opts)
 }
 
-/// `*.sst` files in the shard directory, after checking no `*.sst.tmp` is left.
+/// How many tables the run made at least: the greatest table id in the shard directory (ids
+/// are handed out in order, and compaction merges tables away), after checking no
+/// `*.sst.tmp` is left.
 fn total_tables(opts: &ShardOptions) -> u64 {
     let names: Vec<String> = std::fs::read_dir(&opts.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".sst.tmp")), "{names:?}");
-    names.iter().filter(|n| n.ends_with(".sst")).count() as u64
+    names.iter().filter_map(|n| n.strip_suffix(".sst")?.parse::<u64>().ok()).max().unwrap_or(0)
 }
 
 fn seeds() -> Vec<u64> {
