@@ -1,4 +1,4 @@
-//! [`Engine`]: one shard's storage engine: WAL + memtable + SSTables (flush; no compaction yet).
+//! [`Engine`]: one shard's storage engine: WAL + memtable + SSTables, flush and compaction.
 //!
 //! A write encodes its WAL record, appends it to the current segment's [`LogWriter`]
 //! (synchronously, into the group-commit tail), awaits durability per [`SyncMode`], and only
@@ -38,8 +38,25 @@
 //! (keeping the immutable memtable and the WAL: nothing acknowledged is dropped); writes that
 //! fit the memtable continue. A manifest write failure is permanent until restart.
 //!
+//! ## Compaction
+//! One task per engine, in the shard's `compaction` task queue (100 shares, below the flush's
+//! 250 and the foreground's 1000). It sleeps until a flush or a compaction commits (or
+//! [`Engine::compact`] asks), then asks the picker ([`crate::compaction::pick`]) for a plan
+//! over the manifest's levels (mirrored in `levels`, so picking never waits for a flush that
+//! holds the manifest). It merges the input tables ([`crate::compaction::merge_tables`]: key
+//! order, newest version per key, tombstones and expired values dropped only past
+//! `gc_grace_ms` in a bottommost merge, outputs split at `output_table_bytes`, reads paced to
+//! `rate_bytes_per_s`), takes the manifest only to allocate output ids and to commit one edit
+//! (remove inputs, add outputs), swaps the readers in one synchronous step, and removes the
+//! input files. A crash before the commit leaves unlisted outputs (removed at open); after it,
+//! unremoved inputs (likewise). A failed compaction is logged, counted and retried with
+//! backoff; its inputs stay live. While level 0 holds `level0_stop_writes_trigger` tables and
+//! compaction is healthy, writes wait for the next commit (the only way compaction can hold up
+//! the write path, and a bound on read cost).
+//!
 //! ## Reads
-//! Memtable, then the immutable memtable, then the tables newest first. Every version found is
+//! Memtable, then the immutable memtable, then the tables (level 0 newest first, then each
+//! deeper level; only tables whose key range holds the key). Every version found is
 //! reconciled by last-write-wins ([`Entry::supersedes`]): a newer table does not necessarily
 //! hold the newer version (read repair and hints write old stamps late). A table whose
 //! `max_stamp` is below the best stamp found so far is skipped (it cannot win). A tombstone
@@ -56,13 +73,15 @@
 //!   `RefCell` borrow is held across an `.await` (borrows are taken in small blocks or by
 //!   cloning the `Rc` of the current writer out).
 //! - At most one roll or freeze at a time (`rolling`); while it runs, no record is appended.
-//! - At most one flush at a time (there is one immutable memtable); the flush task holds the
-//!   manifest (taken out of the engine) while it runs, so edits are serialized.
+//! - At most one flush and one compaction at a time. Whoever edits the manifest takes it out
+//!   of the engine for the edit (the flush for its whole run, a compaction for id allocation
+//!   and its commit) and others wait, so edits are serialized.
 //! - After `close`, every operation returns [`ShardError::Closed`]; writes acknowledged before
 //!   are durable.
 //! - After a WAL failure (write, fdatasync or roll), writes return [`ShardError::Failed`] or the
 //!   I/O error: durability can no longer be promised until a restart replays the WAL.
-//! - Dropping the engine (a simulated crash) cancels the flush task wherever it is.
+//! - Dropping the engine (a simulated crash) cancels the flush and compaction tasks wherever
+//!   they are; `close` cancels them too and removes the table files they left unlisted.
 
 use crate::cache::BlockCache;
 use crate::compaction::{
@@ -397,8 +416,14 @@ impl Engine {
                 consider(&mut best, e.clone());
             }
         }
-        let tables: Vec<Rc<SstableReader>> =
-            self.tables.borrow().iter().map(|t| Rc::clone(&t.reader)).collect();
+        // Only the tables whose key range holds `key` (at most one per level below 0).
+        let tables: Vec<Rc<SstableReader>> = self
+            .tables
+            .borrow()
+            .iter()
+            .filter(|t| t.reader.min_key() <= key && key <= t.reader.max_key())
+            .map(|t| Rc::clone(&t.reader))
+            .collect();
         for table in tables {
             if best.as_ref().is_some_and(|b| table.max_stamp() < b.stamp()) {
                 continue;
@@ -508,6 +533,15 @@ impl Engine {
         }
         self.wake_compaction_waiters();
         self.wake_manifest_waiters();
+        // Tidy what the cancelled tasks left (open would remove it too): `.sst.tmp` files and
+        // finished outputs that were never listed. Skipped if a task was cancelled while it
+        // held the manifest (mid-commit: only the manifest on disk can tell).
+        let listed = self.manifest.borrow().as_ref().map(|m| m.state().clone());
+        if let Some(state) = listed {
+            if let Err(e) = remove_stray_tables(&self.opts.dir, &state).await {
+                tracing::warn!(error = %e, "could not remove table files of a cancelled task");
+            }
+        }
         let writer = self.wal.borrow_mut().take();
         if let Some(writer) = writer {
             let result = writer.close().await;
@@ -956,7 +990,7 @@ async fn remove_stray_tables(
             || sstable::TableId::parse_file_name(name)
                 .is_some_and(|id| state.table(manifest::TableId(id.0)).is_none());
         if stray {
-            tracing::warn!(path = %path.display(), "removing table file left by a crash");
+            tracing::warn!(path = %path.display(), "removing a table file the manifest does not list");
             kvs_io::remove_file(&path).await.map_err(|e| ShardError::io(&path, e))?;
             removed += 1;
         }

@@ -11,16 +11,16 @@
 //! - [`ShardOptions`] / [`SyncMode`], [`limits`], [`ShardError`].
 //!
 //! # What is not
-//! No networking, no cluster knowledge (this crate may use kvs-io only). Compaction (the
-//! [`compaction`] picker and merge exist but are not wired) comes in a later issue: level-0
-//! tables accumulate until then. Each engine has a [`cache::BlockCache`] of data blocks
-//! (`ShardOptions::block_cache_bytes`).
+//! No networking, no cluster knowledge (this crate may use kvs-io only). Each engine has a
+//! [`cache::BlockCache`] of data blocks (`ShardOptions::block_cache_bytes`) and one background
+//! [`compaction`] task (leveled by default, size-tiered as an option).
 //!
 //! # Data flow
 //! `put`/`delete` → WAL record appended to the current segment → group commit (one fdatasync
 //! for many writers) → memtable insert → acknowledged. A full memtable is frozen (the WAL rolls
 //! at the same moment) and flushed by a background task to a level-0 SSTable, committed in the
-//! manifest, after which the WAL segments it covers are removed. `get` reconciles memtable,
+//! manifest, after which the WAL segments it covers are removed; a background compaction merges
+//! tables down the levels. `get` reconciles memtable,
 //! frozen memtable and tables by stamp. `open` opens the manifest and its tables and replays
 //! the WAL segments from the flushed position into a fresh memtable. The on-disk bytes and the
 //! directory layout are drawn in `shards/FORMAT.md`.

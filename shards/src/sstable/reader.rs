@@ -278,6 +278,45 @@ impl SstableReader {
         self.bump(|s| s.blocks_read += 1);
         let stored =
             read_exact(&self.file, &self.path, h.offset, u64::from(h.stored_bytes)).await?;
+        self.check_block(i, &stored)
+    }
+
+    /// Block `i` for a scan: from `ahead` when it holds the block's bytes, otherwise after
+    /// reading this block and as many following ones as fit in [`SCAN_READ_BYTES`] into
+    /// `ahead` (one large read instead of one per block). Checked like any block; not cached.
+    async fn read_block_scan(
+        &self,
+        i: usize,
+        ahead: &mut ReadAhead,
+    ) -> Result<Vec<u8>, ShardError> {
+        let h = self.blocks.get(i).ok_or_else(|| self.corrupt_block(i, "no such block".into()))?;
+        let end = h.offset + u64::from(h.stored_bytes);
+        let held = ahead.start <= h.offset && end <= ahead.start + ahead.bytes.len() as u64;
+        if !held {
+            let mut last_end = end;
+            for next in self.blocks.iter().skip(i + 1) {
+                let next_end = next.offset + u64::from(next.stored_bytes);
+                if next_end - h.offset > SCAN_READ_BYTES {
+                    break;
+                }
+                last_end = next_end;
+            }
+            ahead.bytes = read_exact(&self.file, &self.path, h.offset, last_end - h.offset).await?;
+            ahead.start = h.offset;
+        }
+        self.bump(|s| s.blocks_read += 1);
+        let from = (h.offset - ahead.start) as usize;
+        let stored = ahead
+            .bytes
+            .get(from..from + h.stored_bytes as usize)
+            .ok_or_else(|| self.corrupt_block(i, "outside the read-ahead buffer".into()))?;
+        self.check_block(i, stored)
+    }
+
+    /// Checks block `i`'s stored bytes and returns them uncompressed (see
+    /// [`Self::read_block_from_disk`]).
+    fn check_block(&self, i: usize, stored: &[u8]) -> Result<Vec<u8>, ShardError> {
+        let h = self.blocks.get(i).ok_or_else(|| self.corrupt_block(i, "no such block".into()))?;
         let payload_len = stored.len().saturating_sub(BLOCK_TRAILER_BYTES as usize);
         let (payload, trailer) = stored
             .split_at_checked(payload_len)
@@ -316,9 +355,16 @@ impl SstableReader {
         Ok(raw)
     }
 
-    /// An iterator over all entries in key order, reading one block at a time.
+    /// An iterator over all entries in key order, reading [`SCAN_READ_BYTES`] of blocks at a
+    /// time.
     pub fn iter(&self) -> SstableIter<'_> {
-        SstableIter { reader: self, next_block: 0, entries: Default::default(), prev: None }
+        SstableIter {
+            reader: self,
+            next_block: 0,
+            entries: Default::default(),
+            prev: None,
+            ahead: ReadAhead::default(),
+        }
     }
 
     /// Closes the file.
@@ -361,6 +407,17 @@ pub struct SstableIter<'a> {
     entries: std::collections::VecDeque<SstEntry>,
     /// The last key returned, to check the order across blocks.
     prev: Option<Vec<u8>>,
+    ahead: ReadAhead,
+}
+
+/// Bytes a scan reads from a table at once (whole blocks; at least one block).
+pub const SCAN_READ_BYTES: u64 = 256 * 1024;
+
+/// File bytes read ahead by a scan: `bytes` starts at file offset `start`.
+#[derive(Default)]
+struct ReadAhead {
+    start: u64,
+    bytes: Vec<u8>,
 }
 
 impl SstableIter<'_> {
@@ -371,7 +428,7 @@ impl SstableIter<'_> {
             if i >= self.reader.blocks.len() {
                 return Ok(None);
             }
-            let raw = self.reader.read_block(i, false).await?;
+            let raw = self.reader.read_block_scan(i, &mut self.ahead).await?;
             let view = BlockView::parse(&raw).map_err(|r| self.reader.corrupt_block(i, r))?;
             for j in 0..view.len() {
                 let e = view.entry(j).map_err(|r| self.reader.corrupt_block(i, r))?;
