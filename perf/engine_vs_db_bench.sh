@@ -18,8 +18,14 @@
 #   memory         memtable MEMTABLE_MB (db_bench --write_buffer_size, --max_write_buffer_number=2:
 #                  one mutable + one flushing, as kvs), block cache BLOCK_CACHE_MB
 #                  (--cache_size). Data set >= 4 x (memtable + cache).
-#   files          no compression on both (kvs tables are uncompressed; our values are
-#                  incompressible anyway), Bloom 10 bits/key on both, 4 KiB blocks on both.
+#   files          no compression on both (the engine's default; the server's default is
+#                  zstd), Bloom 10 bits/key on both, 4 KiB blocks on both.
+#   compaction     leveled on both with kvs's defaults: level-0 trigger 4, stop writes at 36
+#                  level-0 tables, level 1 64 MiB, x10 per level, 32 MiB output tables
+#                  (db_bench --level0_file_num_compaction_trigger, --level0_stop_writes_trigger,
+#                  --max_bytes_for_level_base, --target_file_size_base). Not matched: kvs
+#                  compacts on the shard's own thread (a low-share task queue, input paced to
+#                  256 MiB/s), RocksDB in background threads (db_bench default jobs).
 #                  kvs reads tables with O_DIRECT, so db_bench gets --use_direct_reads=1 and
 #                  --use_direct_io_for_flush_and_compaction=1 (else the OS page cache would give
 #                  RocksDB memory beyond its budget); --buffered-db-bench turns that off.
@@ -37,8 +43,8 @@
 #                  (default "1 64"); at 1 it has one operation in flight like db_bench
 #                  --threads 1 (like for like); at 64 it models a shard serving connections, and
 #                  its latencies then include queueing behind 63 others.
-#   write amp.     fill only: kvs from its engine counters (EngineStats::write_amplification,
-#                  "n/a" while the engine does not fill them) and from /proc/self/io write_bytes
+#   write amp.     fill only: kvs from its engine counters (EngineStats::write_amplification:
+#                  WAL + flush + compaction bytes per user byte) and from /proc/self/io write_bytes
 #                  of the process; db_bench from --statistics (wal + flush + compaction bytes).
 #                  Both per user byte = NUM x (16 + 100).
 #
@@ -196,7 +202,8 @@ common=(--db="$DB" --num="$NUM" --key_size="$KEY_BYTES" --value_size="$VALUE_BYT
   --write_buffer_size=$((MEMTABLE_MB * MIB)) --max_write_buffer_number=2
   --cache_size=$((BLOCK_CACHE_MB * MIB)) --bloom_bits=10 --compression_type=none
   --block_size=4096 --sync="$DBB_SYNC" --disable_wal=0 --threads=1 --histogram=1
-  --statistics=1)
+  --statistics=1 --level0_file_num_compaction_trigger=4 --level0_stop_writes_trigger=36
+  --max_bytes_for_level_base=$((64 * MIB)) --target_file_size_base=$((32 * MIB)))
 if [ "$DIRECT_DB_BENCH" = 1 ]; then
   common+=(--use_direct_reads=1 --use_direct_io_for_flush_and_compaction=1)
 fi
