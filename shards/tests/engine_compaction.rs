@@ -241,3 +241,88 @@ fn writes_wait_at_the_level0_stop_trigger_and_then_continue() {
         engine.close().await.unwrap();
     });
 }
+
+#[test]
+fn size_tiered_compaction_merges_similar_tables_in_level_0_and_loses_nothing() {
+    use kvs_shards::compaction::{CompactionStyle, SizeTieredOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let tiered = CompactionOptions {
+        style: CompactionStyle::SizeTiered(SizeTieredOptions {
+            min_threshold: 3,
+            ..SizeTieredOptions::default()
+        }),
+        ..small_levels()
+    };
+    let o = opts(dir.path(), tiered);
+    let path = dir.path().to_path_buf();
+    support::run(move || async move {
+        let (engine, _) = Engine::open(o.clone()).await.unwrap();
+        let mut model = BTreeMap::new();
+        let mut rng = StdRng::seed_from_u64(5);
+        for i in 0..3000u64 {
+            let k = format!("key-{:05}", rng.gen_range(0..1200u32)).into_bytes();
+            let v = value_of(i, 1000);
+            engine.put(&k, &v, stamp(i + 1)).await.unwrap();
+            model.insert(k, Lookup::Found { value: v, stamp: stamp(i + 1) });
+        }
+        engine.wait_for_compactions().await.unwrap();
+        let s = engine.stats();
+        assert!(s.compactions >= 3, "{s:?}");
+        assert_eq!(s.levels.len(), 1, "size-tiered keeps every table in level 0: {s:?}");
+        assert!(
+            s.tables < s.flushes,
+            "compaction should have merged tables: {} tables after {} flushes",
+            s.tables,
+            s.flushes
+        );
+        check_model(&engine, &model).await;
+        engine.close().await.unwrap();
+        check_dir(&path).await;
+        let (engine, _) = Engine::open(o).await.unwrap();
+        check_model(&engine, &model).await;
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn expired_values_become_tombstones_and_go_after_their_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = kvs_shards::Clock::manual(1_000_000);
+    let keep = CompactionOptions { auto: false, gc_grace_ms: 60_000, ..small_levels() };
+    let o = ShardOptions { clock: clock.clone(), ..opts(dir.path(), keep) };
+    let path = dir.path().to_path_buf();
+    support::run(move || async move {
+        let (engine, _) = Engine::open(o.clone()).await.unwrap();
+        engine.put(b"old", b"v0", stamp(1)).await.unwrap();
+        engine.flush().await.unwrap();
+        // A newer, expiring value shadows the old one in another table.
+        engine.put_with_expiry(b"old", b"v1", stamp(2), Some(1_000_500)).await.unwrap();
+        engine.put(b"keep", b"k", stamp(3)).await.unwrap();
+        engine.compact().await.unwrap();
+        assert_eq!(
+            engine.get(b"old").await.unwrap(),
+            Lookup::Found { value: b"v1".to_vec(), stamp: stamp(2) }
+        );
+        clock.set_ms(1_001_000);
+        assert_eq!(engine.get(b"old").await.unwrap(), Lookup::Deleted { stamp: stamp(2) });
+        // Expired but within grace: compaction keeps a tombstone (it still shadows "v0" for
+        // replicas that hold it), not the value.
+        engine.compact().await.unwrap();
+        assert_eq!(engine.get(b"old").await.unwrap(), Lookup::Deleted { stamp: stamp(2) });
+        engine.close().await.unwrap();
+        let (_, entries) = check_dir(&path).await;
+        assert_eq!(entries, 2);
+        // Past the grace: the bottommost merge drops it.
+        clock.set_ms(1_000_500 + 60_001);
+        let (engine, _) = Engine::open(o.clone()).await.unwrap();
+        engine.compact().await.unwrap();
+        assert_eq!(engine.get(b"old").await.unwrap(), Lookup::Missing);
+        assert_eq!(
+            engine.get(b"keep").await.unwrap(),
+            Lookup::Found { value: b"k".to_vec(), stamp: stamp(3) }
+        );
+        engine.close().await.unwrap();
+        let (_, entries) = check_dir(&path).await;
+        assert_eq!(entries, 1);
+    });
+}
