@@ -69,11 +69,12 @@ pub async fn truncate_file(path: impl AsRef<Path>, len_bytes: u64) -> Result<(),
 }
 
 /// Removes the file at `path`. The caller fsyncs the directory (batching several removals).
+///
+/// Never opens a `DmaFile`: the file may be empty (a `.sst.tmp` a crash cut short) and this
+/// may be the first open on the thread, which would spoil glommio's per-device poll probe
+/// (see [`probe_device`]) and make every later direct read fail with `EOPNOTSUPP`.
 pub async fn remove_file(path: impl AsRef<Path>) -> Result<(), IoError> {
-    let path = path.as_ref();
-    let file = DmaFile::open(path).await.map_err(|e| IoError::os("open for remove", path, e))?;
-    file.remove().await.map_err(|e| IoError::os("remove", path, e))?;
-    file.close().await.map_err(|e| IoError::os("close after remove", path, e))
+    remove_file_buffered(path).await
 }
 
 thread_local! {
@@ -228,9 +229,9 @@ pub async fn read_file_bounded(
     result
 }
 
-/// Removes the file at `path` through a buffered handle. Unlike [`remove_file`] it never
-/// opens a `DmaFile`, so removing a possibly empty file (a torn temporary file) cannot spoil
-/// glommio's per-device poll probe (see [`probe_device`]). The caller fsyncs the directory.
+/// Removes the file at `path` through a buffered handle, never a `DmaFile`, so removing a
+/// possibly empty file (a torn temporary file) cannot spoil glommio's per-device poll probe
+/// (see [`probe_device`]). [`remove_file`] is this. The caller fsyncs the directory.
 pub async fn remove_file_buffered(path: impl AsRef<Path>) -> Result<(), IoError> {
     let path = path.as_ref();
     let file = OpenOptions::new()

@@ -382,6 +382,28 @@ fn regression_first_dma_file_on_a_thread_is_a_new_empty_segment() {
     });
 }
 
+/// Regression (found by `tests/crash_compaction.rs`): removing an empty file was the first
+/// `DmaFile` open on a thread when a crash had left an empty `.sst.tmp` for `Engine::open` to
+/// remove, so glommio's poll probe read zero bytes, concluded "pollable", and every later
+/// direct read on the device failed with EOPNOTSUPP: the shard could not open its tables.
+/// `remove_file` must not open a `DmaFile`.
+#[test]
+fn regression_remove_file_of_an_empty_file_first_on_a_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("00000000000000000002.sst.tmp");
+    std::fs::write(&empty, b"").unwrap();
+    let path = seg_path(dir.path(), 13);
+    run(move || async move {
+        kvs_io::remove_file(&empty).await.unwrap();
+        assert!(!empty.exists());
+        let w = LogWriter::create(&path, 13, opts(Durability::Always)).await.unwrap();
+        w.append_durable(b"read me back").await.unwrap();
+        w.close().await.unwrap();
+        let (records, _) = read_all(&path, 13).await;
+        assert_eq!(records, vec![(64, b"read me back".to_vec())]);
+    });
+}
+
 #[test]
 fn drop_leaves_the_segment_unsealed_and_seal_segment_seals_it() {
     let dir = tempfile::tempdir().unwrap();

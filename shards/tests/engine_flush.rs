@@ -5,8 +5,8 @@
 //! in tables are read back (before and after reopen), flushed WAL segments are removed, a
 //! crash (drop without close) at many points during and after flushes loses no acknowledged
 //! write and leaves no temporary or unlisted table after reopen, last-write-wins holds across
-//! tables whose order disagrees with their stamps, and table files without a manifest are
-//! refused.
+//! tables whose order disagrees with their stamps, table files without a manifest are
+//! refused, and removing an empty stray table at open spoils no later table read.
 
 mod support;
 
@@ -273,6 +273,39 @@ fn stray_files_are_removed_at_open() {
         assert_eq!(report.stray_files_removed, 2);
         assert!(files_with_suffix(&path, ".sst.tmp").is_empty());
         assert_eq!(files_with_suffix(&path, ".sst").len() as u64, report.tables);
+        for i in 0..100u64 {
+            assert_eq!(
+                engine.get(format!("x{i:04}").as_bytes()).await.unwrap(),
+                Lookup::Found { value: value_of(i, 1024), stamp: support::stamp(1 + i) }
+            );
+        }
+        engine.close().await.unwrap();
+    });
+}
+
+/// Regression (found by the process test `tests/crash_compaction.rs`): a crash early in a
+/// flush leaves an empty `.sst.tmp`. Removing it was the first `DmaFile` open on the reopening
+/// thread, which spoiled glommio's per-device poll probe, so every table read then failed with
+/// EOPNOTSUPP and the shard could not open. Here the reopen runs on a fresh executor thread.
+#[test]
+fn empty_stray_table_removed_first_on_a_fresh_thread_spoils_no_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = flush_opts(dir.path(), SyncMode::Always);
+    let path = dir.path().to_path_buf();
+    {
+        let opts = opts.clone();
+        support::run(move || async move {
+            let (engine, _) = Engine::open(opts).await.unwrap();
+            fill(&engine, "x", 100, 1).await;
+            wait_flushed(&engine, 1).await;
+            engine.close().await.unwrap();
+        });
+    }
+    std::fs::write(path.join("00000000000000009999.sst.tmp"), b"").unwrap();
+    support::run(move || async move {
+        let (engine, report) = Engine::open(opts).await.unwrap();
+        assert_eq!(report.stray_files_removed, 1);
+        assert!(report.tables >= 1);
         for i in 0..100u64 {
             assert_eq!(
                 engine.get(format!("x{i:04}").as_bytes()).await.unwrap(),
