@@ -1,6 +1,6 @@
 //! The manifest: the durable list of live SSTables per level, the WAL position up to which
 //! everything is flushed, and the next table id. The engine commits flushes here and recovers
-//! from it (compaction is not wired yet).
+//! from it; compactions commit here too (one edit: remove the inputs, add the outputs).
 //!
 //! # What is here
 //! - [`TableId`], [`TableMeta`]: one SSTable as the manifest and the compaction picker see it.
