@@ -11,7 +11,8 @@
 #
 # `load` inserts RECORDS records; a, b, c and write then run OPERATIONS operations on the
 # loaded data (reads with --verify). Every run is bounded by --operations. Results: one JSON
-# per run, the servers' logs, commands.txt (every command run) and summary.md (the table, also
+# per run, the servers' logs, kvs's `kvs stats --json` after the runs (kvs-stats.json) and its
+# data size (kvs-stats.txt), commands.txt (every command run) and summary.md (the table, also
 # printed) in OUT.
 #
 # Usage:  perf/compare.sh
@@ -266,6 +267,12 @@ main() {
       done
       # The ceiling: kvs's no-op Ping on the same path, after the workloads.
       bench ping "ping://127.0.0.1:$KVS_PORT" "${PING_WORKLOAD:-c}" "$pipeline" "$logdir/ping.json"
+      # The engine's view after the runs: levels, write amplification, cache and Bloom counters.
+      record "$KVS_BIN" stats --addr "127.0.0.1:$KVS_PORT" --json
+      "$KVS_BIN" stats --addr "127.0.0.1:$KVS_PORT" --json >"$logdir/kvs-stats.json" 2>&1 ||
+        log "kvs stats failed (see $logdir/kvs-stats.json)"
+      du -sb "$WORK/kvs-$mode" 2>/dev/null | awk '{print "kvs data on disk: " $1 " bytes"}' \
+        >>"$logdir/kvs-stats.txt" || true
       stop_servers
     done
   done

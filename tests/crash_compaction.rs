@@ -517,7 +517,9 @@ fn kill_9_during_flush_and_compaction_loses_nothing() {
     for round in 0..=rounds {
         let strays = check_crash_image(dir.path(), round);
         let server = Server::start(dir.path(), &server_args());
-        let removed = server.stderr().matches("removing table file left by a crash").count() as u64;
+        let removed =
+            server.stderr().matches("removing a table file the manifest does not list").count()
+                as u64;
         assert_eq!(
             removed,
             strays,
