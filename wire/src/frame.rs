@@ -203,7 +203,7 @@ mod tests {
         let h = FrameHeader::response(Opcode::Stats, 7, 0);
         assert_eq!(
             h.encode(),
-            [0x31, 0x53, 0x56, 0x4B, 1, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            [0x31, 0x53, 0x56, 0x4B, 2, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
     }
 
