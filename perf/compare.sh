@@ -159,9 +159,11 @@ start_kvs() {
 # bench SYSTEM TARGET WORKLOAD PIPELINE JSON: one harness run. A failed run is reported and
 # recorded (its row shows n/a); the comparison goes on.
 bench() {
-  local system=$1 target=$2 workload=$3 pipeline=$4 json=$5
+  local system=$1 target=$2 workload=$3 pipeline=$4 json=$5 operations=$OPERATIONS
+  # `load` inserts every record, whatever OPERATIONS says (the other workloads read them).
+  [ "$workload" = load ] && operations=$RECORDS
   local args=(bench --target "$target" --workload "$workload" --records "$RECORDS"
-    --operations "$OPERATIONS" --connections "$CONNECTIONS" --pipeline "$pipeline"
+    --operations "$operations" --connections "$CONNECTIONS" --pipeline "$pipeline"
     --threads "$THREADS" --key-size "$KEY_SIZE" --value-size "$VALUE_SIZE" --json "$json")
   # Reads check every value they get; ping stores nothing, so it cannot verify.
   case $workload in load | write) ;; *) [ "$system" = ping ] || args+=(--verify) ;; esac

@@ -219,7 +219,7 @@ impl StatsReport {
 
 /// The rows of the human table, in order; `levels` stands for `l<N>_tables` and `l<N>_bytes`
 /// of every level present. Every other counter is in the JSON.
-const TABLE_ROWS: [&str; 27] = [
+const TABLE_ROWS: [&str; 28] = [
     "keys",
     "memtable_bytes",
     "immutable_bytes",
@@ -231,6 +231,7 @@ const TABLE_ROWS: [&str; 27] = [
     "compactions",
     "compaction_running",
     "compaction_backlog_bytes",
+    "write_stalls",
     "puts",
     "deletes",
     "gets",

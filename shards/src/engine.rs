@@ -221,6 +221,7 @@ pub struct Engine {
     flush_failures: Cell<u64>,
     flush_bytes_written: Cell<u64>,
     user_bytes_written: Cell<u64>,
+    write_stalls: Cell<u64>,
 }
 
 /// A live table and its level.
@@ -347,6 +348,7 @@ impl Engine {
             flush_failures: Cell::new(0),
             flush_bytes_written: Cell::new(0),
             user_bytes_written: Cell::new(0),
+            write_stalls: Cell::new(0),
         });
         engine.start_compaction_task()?;
         Ok((engine, report))
@@ -494,6 +496,7 @@ impl Engine {
             compaction_bytes_written: compaction.bytes_written,
             compaction_backlog_bytes: compaction_backlog(&levels, &self.opts.compaction),
             compaction_running: compaction.running,
+            write_stalls: self.write_stalls.get(),
             tables: tables.len() as u64,
             table_bytes: tables.iter().map(|t| t.reader.file_bytes()).sum(),
             levels: level_stats.into_iter().take(last_used).collect(),
@@ -587,6 +590,7 @@ impl Engine {
                 return Err(ShardError::Failed { reason });
             }
             if self.writes_stalled() {
+                self.write_stalls.set(self.write_stalls.get() + 1);
                 self.compaction_progress().await;
                 continue;
             }

@@ -68,6 +68,9 @@ pub struct EngineStats {
     pub compaction_backlog_bytes: u64,
     /// Whether a compaction is running now.
     pub compaction_running: bool,
+    /// Times a write waited for compaction because level 0 was at its stop trigger, since
+    /// open (a write that waits for several compactions counts once per wait).
+    pub write_stalls: u64,
     /// Live SSTables.
     pub tables: u64,
     /// Bytes of the live SSTables.
@@ -137,6 +140,7 @@ impl EngineStats {
             ("compaction_bytes_written", self.compaction_bytes_written),
             ("compaction_backlog_bytes", self.compaction_backlog_bytes),
             ("compaction_running", u64::from(self.compaction_running)),
+            ("write_stalls", self.write_stalls),
             ("tables", self.tables),
             ("table_bytes", self.table_bytes),
             ("bloom_useful", self.bloom_useful),

@@ -230,6 +230,8 @@ fn writes_wait_at_the_level0_stop_trigger_and_then_continue() {
         }
         // A flush already running when the trigger is reached may add one more table.
         assert!(max_l0 <= 4, "level 0 reached {max_l0} tables");
+        // Writes at memory speed against compaction paced to 1 MiB/s must have waited.
+        assert!(engine.stats().write_stalls > 0, "{:?}", engine.stats());
         engine.wait_for_compactions().await.unwrap();
         for i in (0..1500u64).step_by(7) {
             let k = format!("key-{i:05}");
