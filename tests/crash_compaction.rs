@@ -135,14 +135,6 @@ fn value_for(key: &str, tag: u64) -> Vec<u8> {
     v
 }
 
-fn client_opts() -> ClientOptions {
-    ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        retries: 0,
-        ..ClientOptions::default()
-    }
-}
-
 /// Streams writes until `OPS_PER_ROUND_MAX` or the node dies; returns the updated model.
 fn write_round(
     addr: String,
@@ -153,7 +145,8 @@ fn write_round(
     killed: Arc<AtomicBool>,
 ) -> Model {
     on_executor(move || async move {
-        let client = Client::connect(&addr, client_opts()).await.expect("connect");
+        let client =
+            Client::connect(&addr, support::no_retry_client_opts()).await.expect("connect");
         let model = Rc::new(RefCell::new(model));
         // Keys with a write in flight, and keys whose write failed (not written again).
         let busy = Rc::new(RefCell::new(BTreeSet::<String>::new()));

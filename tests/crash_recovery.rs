@@ -29,14 +29,6 @@ fn value_for(round: u64, i: u64) -> Vec<u8> {
     format!("value-{round}-{i}-{}", "x".repeat((i % 50) as usize)).into_bytes()
 }
 
-fn opts() -> ClientOptions {
-    ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        retries: 0,
-        ..ClientOptions::default()
-    }
-}
-
 /// Writes keys `r{round}-{i}` until done or the server dies; returns the acknowledged ones.
 fn write_round(
     addr: String,
@@ -45,7 +37,8 @@ fn write_round(
     killed: Arc<AtomicBool>,
 ) -> Vec<u64> {
     on_executor(move || async move {
-        let client = Client::connect(&addr, opts()).await.expect("connect");
+        let client =
+            Client::connect(&addr, support::no_retry_client_opts()).await.expect("connect");
         let next = Rc::new(RefCell::new(0u64));
         let done = Rc::new(RefCell::new(Vec::new()));
         let mut tasks = Vec::new();

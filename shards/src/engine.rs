@@ -572,6 +572,23 @@ impl Engine {
         Ok(guard)
     }
 
+    /// The checks before touching the WAL: `Err` when closed or after a WAL failure; waits out
+    /// a running roll and returns `Ok(false)` (the caller re-checks everything); `Ok(true)`
+    /// when the WAL may be used now.
+    async fn wal_ready(&self) -> Result<bool, ShardError> {
+        if self.closed.get() {
+            return Err(ShardError::Closed);
+        }
+        if self.rolling.get() {
+            self.roll_finished().await;
+            return Ok(false);
+        }
+        if let Some(reason) = self.failed.borrow().clone() {
+            return Err(ShardError::Failed { reason });
+        }
+        Ok(true)
+    }
+
     /// Appends `payload` to the current segment, rolling to a new one when it is full and
     /// freezing the memtable first when it is at its budget.
     async fn append(
@@ -579,15 +596,8 @@ impl Engine {
         payload: &[u8],
     ) -> Result<(Rc<LogWriter>, Lsn, PendingGuard<'_>), ShardError> {
         loop {
-            if self.closed.get() {
-                return Err(ShardError::Closed);
-            }
-            if self.rolling.get() {
-                self.roll_finished().await;
+            if !self.wal_ready().await? {
                 continue;
-            }
-            if let Some(reason) = self.failed.borrow().clone() {
-                return Err(ShardError::Failed { reason });
             }
             if self.writes_stalled() {
                 self.write_stalls.set(self.write_stalls.get() + 1);
@@ -1375,15 +1385,8 @@ impl Engine {
     /// Flushes the memtable now (if it holds anything) and waits until it is in a table.
     pub async fn flush(&self) -> Result<(), ShardError> {
         loop {
-            if self.closed.get() {
-                return Err(ShardError::Closed);
-            }
-            if self.rolling.get() {
-                self.roll_finished().await;
+            if !self.wal_ready().await? {
                 continue;
-            }
-            if let Some(reason) = self.failed.borrow().clone() {
-                return Err(ShardError::Failed { reason });
             }
             if self.immutable.borrow().is_some() {
                 if let Some(reason) = self.flush_error.borrow().clone() {

@@ -208,3 +208,14 @@ where
         .join()
         .expect("executor join")
 }
+
+/// Client options for crash tests: a 2 s request timeout and no retries, so every failure
+/// is seen (and a write is acknowledged exactly when its own attempt was).
+#[allow(dead_code)]
+pub fn no_retry_client_opts() -> kvs_wire::client::ClientOptions {
+    kvs_wire::client::ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        retries: 0,
+        ..kvs_wire::client::ClientOptions::default()
+    }
+}
