@@ -13,7 +13,8 @@
 //! - [`shard`]: the per-executor task: listener, frame loop, routing and forwarding between
 //!   shards, and the coordinator that stamps and executes requests.
 //! - [`stats_report`]: what `kvs stats` prints: totals, derived ratios, table and JSON.
-//! - [`cluster`]: pure state machines of the cluster (for now the hybrid logical clock).
+//! - [`cluster`]: pure state machines of the cluster: hybrid logical clock, phi-accrual
+//!   failure detector, gossip membership (not yet wired into the node).
 //!
 //! Below this crate: `kvs-wire` (protocol, placement, client), `kvs-shards` (the per-core
 //! storage engine) and `kvs-io` (direct I/O and group commit). `kvs-perf` holds the load harness.

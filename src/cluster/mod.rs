@@ -1,8 +1,32 @@
 //! Cluster logic as plain state machines: no glommio, no sockets, no clock reads.
 //!
-//! Each machine takes messages and the current time as arguments and returns decisions, so a
-//! deterministic test can drive many of them in one process. For the single-node skeleton only
-//! the hybrid logical clock lives here; membership, phi accrual, quorum bookkeeping, hints and
-//! Merkle trees join it in the cluster issue.
+//! Each machine takes messages, the current time (`now_ms`, any monotonic milliseconds) and,
+//! where it chooses at random, a seeded RNG as arguments, and returns decisions or messages for
+//! the caller to carry. So a deterministic test can drive a thousand of them in one process
+//! (`tests/gossip_sim.rs`), and the glommio tasks around them (the next increment) only move
+//! bytes.
+//!
+//! # Parts
+//! - [`hlc`]: the hybrid logical clock that stamps writes.
+//! - [`phi`]: phi-accrual failure detection: per peer, a bounded window of heartbeat
+//!   inter-arrival times and `phi(now)` under a normal model (why normal: see the module).
+//! - [`gossip`]: membership: node states merged by `(generation, version)`, Cassandra's three-way
+//!   push-pull exchange with `fanout` random live peers per round, and each observer's local
+//!   Alive/Suspect/Down verdict from [`phi`].
+//!
+//! # Not yet
+//! Membership is not wired into the node: no transport carries gossip messages, which have no
+//! wire format yet, and the ring does not follow membership. Quorum bookkeeping, hints and
+//! Merkle trees join later increments of the cluster issue.
 
+pub mod gossip;
 pub mod hlc;
+pub mod phi;
+
+/// An options struct of this module failed `validate()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptionsError {
+    #[error("invalid cluster option {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
