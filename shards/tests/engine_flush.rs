@@ -130,15 +130,6 @@ fn values_only_in_tables_survive_reopen() {
     });
 }
 
-/// Writes 1 KiB values to `keys` fresh keys, with increasing stamps from `first`, into `e`.
-async fn fill(e: &Engine, prefix: &str, keys: u64, first: u64) {
-    for i in 0..keys {
-        e.put(format!("{prefix}{i:04}").as_bytes(), &value_of(i, 1024), support::stamp(first + i))
-            .await
-            .unwrap();
-    }
-}
-
 #[test]
 fn reads_reconcile_by_stamp_across_tables_not_by_table_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,15 +139,15 @@ fn reads_reconcile_by_stamp_across_tables_not_by_table_order() {
         // k@500 goes into an older table; k@300 (a late, older write: read repair) into a newer
         // one; the newer table's hit must not win.
         engine.put(b"k", b"new", support::stamp(500)).await.unwrap();
-        fill(&engine, "f1-", 80, 1_000).await;
+        support::fill(&engine, "f1-", 80, 1_000).await;
         wait_flushed(&engine, 1).await;
         engine.put(b"k", b"old", support::stamp(300)).await.unwrap();
         // d: a value in an older table, a tombstone with a greater stamp in a newer one.
         engine.put(b"d", b"v", support::stamp(10)).await.unwrap();
-        fill(&engine, "f2-", 80, 2_000).await;
+        support::fill(&engine, "f2-", 80, 2_000).await;
         wait_flushed(&engine, 2).await;
         engine.delete(b"d", support::stamp(20)).await.unwrap();
-        fill(&engine, "f3-", 80, 3_000).await;
+        support::fill(&engine, "f3-", 80, 3_000).await;
         wait_flushed(&engine, 3).await;
         let want_k = Lookup::Found { value: b"new".to_vec(), stamp: support::stamp(500) };
         let want_d = Lookup::Deleted { stamp: support::stamp(20) };
@@ -263,7 +254,7 @@ fn stray_files_are_removed_at_open() {
     let path = dir.path().to_path_buf();
     support::run(move || async move {
         let (engine, _) = Engine::open(opts.clone()).await.unwrap();
-        fill(&engine, "x", 100, 1).await;
+        support::fill(&engine, "x", 100, 1).await;
         wait_flushed(&engine, 1).await;
         drop(engine);
         glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -296,7 +287,7 @@ fn empty_stray_table_removed_first_on_a_fresh_thread_spoils_no_read() {
         let opts = opts.clone();
         support::run(move || async move {
             let (engine, _) = Engine::open(opts).await.unwrap();
-            fill(&engine, "x", 100, 1).await;
+            support::fill(&engine, "x", 100, 1).await;
             wait_flushed(&engine, 1).await;
             engine.close().await.unwrap();
         });

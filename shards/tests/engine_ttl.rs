@@ -32,15 +32,6 @@ fn deleted(hlc: u64) -> Lookup {
     Lookup::Deleted { stamp: support::stamp(hlc) }
 }
 
-/// Writes 1 KiB values to `keys` fresh keys, with increasing stamps from `first`, into `e`.
-async fn fill(e: &Engine, prefix: &str, keys: u64, first: u64) {
-    for i in 0..keys {
-        e.put(format!("{prefix}{i:04}").as_bytes(), &value_of(i, 1024), support::stamp(first + i))
-            .await
-            .unwrap();
-    }
-}
-
 #[test]
 fn a_value_in_the_memtable_expires_at_its_expiry() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +70,7 @@ fn an_expired_value_shadows_an_older_value_in_a_table() {
     support::run(move || async move {
         let (engine, _) = Engine::open(opts.clone()).await.unwrap();
         engine.put(b"k", b"old", support::stamp(10)).await.unwrap();
-        fill(&engine, "f1-", 80, 1_000).await;
+        support::fill(&engine, "f1-", 80, 1_000).await;
         wait_flushed(&engine, 1).await;
         // The older value is in a table now; the expiring one goes to the memtable.
         engine.put_with_expiry(b"k", b"new", support::stamp(20), Some(T0 + 50)).await.unwrap();
@@ -87,7 +78,7 @@ fn an_expired_value_shadows_an_older_value_in_a_table() {
         clock.advance_ms(50);
         assert_eq!(engine.get(b"k").await.unwrap(), deleted(20));
         // Both in tables (the expiring one in the newer table): still deleted, not "old".
-        fill(&engine, "f2-", 80, 2_000).await;
+        support::fill(&engine, "f2-", 80, 2_000).await;
         wait_flushed(&engine, 2).await;
         assert_eq!(engine.get(b"k").await.unwrap(), deleted(20));
         // An older write arriving late (read repair, a hint) lands in the memtable; the
@@ -156,7 +147,7 @@ fn expiry_survives_a_restart_through_an_sstable() {
                 .put_with_expiry(b"later", b"l", support::stamp(2), Some(T0 + 10_000))
                 .await
                 .unwrap();
-            fill(&engine, "f-", 80, 100).await;
+            support::fill(&engine, "f-", 80, 100).await;
             wait_flushed(&engine, 1).await;
             engine.close().await.unwrap();
         }

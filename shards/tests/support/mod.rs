@@ -69,3 +69,12 @@ pub async fn wait_flushed(engine: &kvs_shards::Engine, n: u64) {
     }
     panic!("flush did not finish: {:?}", engine.stats());
 }
+
+/// Writes 1 KiB values to `keys` fresh keys, with increasing stamps from `first`, into `e`.
+pub async fn fill(e: &kvs_shards::Engine, prefix: &str, keys: u64, first: u64) {
+    for i in 0..keys {
+        e.put(format!("{prefix}{i:04}").as_bytes(), &value_of(i, 1024), stamp(first + i))
+            .await
+            .expect("put");
+    }
+}
