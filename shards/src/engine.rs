@@ -703,42 +703,20 @@ impl Engine {
 
     /// Resolves when no roll is running.
     async fn roll_finished(&self) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.rolling.get() {
-                self.roll_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
+        wait_until(&self.roll_waiters, || !self.rolling.get()).await;
     }
 
     /// Resolves when no write is between its append and its memtable insert.
     async fn pending_drained(&self) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.pending.get() > 0 {
-                self.pending_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
+        wait_until(&self.pending_waiters, || self.pending.get() == 0).await;
     }
 
     /// Resolves when there is no immutable memtable, or the flush of it failed.
     async fn flush_finished(&self) {
-        futures_lite::future::poll_fn(|cx| {
-            if self.immutable.borrow().is_some()
-                && self.flush_error.borrow().is_none()
-                && !self.closed.get()
-            {
-                self.flush_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
+        wait_until(&self.flush_waiters, || {
+            self.immutable.borrow().is_none()
+                || self.flush_error.borrow().is_some()
+                || self.closed.get()
         })
         .await;
     }
@@ -765,6 +743,21 @@ impl Engine {
     pub fn sync_mode(&self) -> SyncMode {
         self.opts.sync
     }
+}
+
+/// Resolves once `done()` holds; until then registers the task in `waiters`, which whoever
+/// changes what `done` reads must wake (the engine's waits on rolls, pending writes and
+/// flushes).
+async fn wait_until(waiters: &RefCell<Vec<Waker>>, done: impl Fn() -> bool) {
+    futures_lite::future::poll_fn(|cx| {
+        if done() {
+            Poll::Ready(())
+        } else {
+            waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Replaces `best` with `candidate` if it wins by last-write-wins.
