@@ -68,7 +68,8 @@ pub async fn truncate_file(path: impl AsRef<Path>, len_bytes: u64) -> Result<(),
     file.close().await.map_err(|e| IoError::os("close after truncate", path, e))
 }
 
-/// Removes the file at `path`. The caller fsyncs the directory (batching several removals).
+/// Removes the file at `path` (one already gone counts as removed, see
+/// [`remove_file_buffered`]). The caller fsyncs the directory (batching several removals).
 ///
 /// Never opens a `DmaFile`: the file may be empty (a `.sst.tmp` a crash cut short) and this
 /// may be the first open on the thread, which would spoil glommio's per-device poll probe
@@ -232,14 +233,26 @@ pub async fn read_file_bounded(
 /// Removes the file at `path` through a buffered handle, never a `DmaFile`, so removing a
 /// possibly empty file (a torn temporary file) cannot spoil glommio's per-device poll probe
 /// (see [`probe_device`]). [`remove_file`] is this. The caller fsyncs the directory.
+///
+/// A file that is already gone counts as removed: every caller wants it absent, and an
+/// earlier removal may have raced this one (a cancelled background task's unlink still
+/// completes in the kernel).
 pub async fn remove_file_buffered(path: impl AsRef<Path>) -> Result<(), IoError> {
     let path = path.as_ref();
-    let file = OpenOptions::new()
-        .read(true)
-        .buffered_open(path)
-        .await
-        .map_err(|e| IoError::os("open for remove", path, e))?;
-    let removed = file.remove().await.map_err(|e| IoError::os("remove", path, e));
+    let file = match OpenOptions::new().read(true).buffered_open(path).await {
+        Ok(file) => file,
+        Err(e) => {
+            let e = std::io::Error::from(e);
+            return match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(IoError::os("open for remove", path, e)),
+            };
+        }
+    };
+    let removed = match file.remove().await.map_err(std::io::Error::from) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(IoError::os("remove", path, e)),
+        _ => Ok(()),
+    };
     file.close().await.map_err(|e| IoError::os("close after remove", path, e))?;
     removed
 }

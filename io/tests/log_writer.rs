@@ -404,6 +404,23 @@ fn regression_remove_file_of_an_empty_file_first_on_a_thread() {
     });
 }
 
+/// Regression (found by the engine's model test under load): a cancelled flush task's unlink
+/// of a WAL segment completed in the kernel after the reopened engine had listed the segment,
+/// and the reopen failed with "No such file or directory" removing it. Removing a file that
+/// is already gone succeeds; other errors still report.
+#[test]
+fn remove_file_of_a_missing_file_succeeds_and_other_errors_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("00000000000000000034.wal");
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    run(move || async move {
+        kvs_io::remove_file(&gone).await.unwrap();
+        let err = kvs_io::remove_file(not_a_dir.join("child")).await.unwrap_err();
+        assert!(err.to_string().contains("child"), "{err}");
+    });
+}
+
 #[test]
 fn drop_leaves_the_segment_unsealed_and_seal_segment_seals_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -516,13 +516,18 @@ impl Engine {
 
     /// Writes and fdatasyncs everything appended, closes the WAL; later calls return
     /// [`ShardError::Closed`]. Writes in flight when `close` is called complete normally.
-    /// A flush in progress is cancelled (its work is redone from the WAL at the next open).
+    /// A flush in progress is cancelled (its work is redone from the WAL at the next open)
+    /// unless it is committing to the manifest, which it finishes first.
     /// Idempotent.
     pub async fn close(&self) -> Result<(), ShardError> {
         if self.closed.replace(true) {
             return Ok(());
         }
         self.roll_finished().await;
+        // A flush or compaction in the middle of its manifest commit finishes it first (one
+        // small file write): cancelled there, its rename could still land in the kernel after
+        // this engine is gone, under a reopened one. The tasks take nothing new once `closed`.
+        wait_until(&self.manifest_waiters, || self.manifest.borrow().is_some()).await;
         let task = self.flush_task.borrow_mut().take();
         if let Some(task) = task {
             task.cancel().await;
@@ -730,7 +735,13 @@ impl Engine {
     fn start_flush(&self) {
         let task = glommio::spawn_local_into(flush_loop(self.me.clone()), flush_queue());
         match task {
-            Ok(task) => *self.flush_task.borrow_mut() = Some(task),
+            Ok(task) => {
+                // The previous flush task committed its table (there was no immutable
+                // memtable) and may still be removing WAL segments: let it finish.
+                if let Some(previous) = self.flush_task.borrow_mut().replace(task) {
+                    previous.detach();
+                }
+            }
             Err(e) => {
                 // The immutable memtable and the WAL stay; the next open replays them.
                 tracing::error!(error = %e, "could not spawn the flush task");
@@ -775,7 +786,6 @@ struct FlushJob {
     wal_dir: PathBuf,
     memtable: Rc<Memtable>,
     first_unfrozen: u64,
-    manifest: Manifest,
 }
 
 /// The flush task: flushes the immutable memtable, retrying with backoff on failure. Holds
@@ -783,14 +793,10 @@ struct FlushJob {
 async fn flush_loop(engine: Weak<Engine>) {
     let mut backoff = FLUSH_RETRY_MIN;
     loop {
-        let Some(manifest) = take_manifest(&engine).await else { return };
         let job = {
             let Some(e) = engine.upgrade() else { return };
             let imm = e.immutable.borrow().clone();
-            let Some((memtable, first_unfrozen)) = imm else {
-                e.put_manifest(manifest);
-                return;
-            };
+            let Some((memtable, first_unfrozen)) = imm else { return };
             FlushJob {
                 sstable: e.opts.sstable,
                 dir: e.opts.dir.clone(),
@@ -798,17 +804,13 @@ async fn flush_loop(engine: Weak<Engine>) {
                 wal_dir: e.wal_dir.clone(),
                 memtable,
                 first_unfrozen,
-                manifest,
             }
         };
-        let FlushJob { sstable, dir, cache, wal_dir, memtable, first_unfrozen, mut manifest } = job;
-        let result =
-            flush_memtable(&dir, cache, sstable, &memtable, first_unfrozen, &mut manifest).await;
+        let FlushJob { sstable, dir, cache, wal_dir, memtable, first_unfrozen } = job;
+        let result = flush_memtable(&engine, &dir, cache, sstable, &memtable, first_unfrozen).await;
         let Some(e) = engine.upgrade() else { return };
-        let levels = manifest.state().levels().to_vec();
-        e.put_manifest(manifest);
         match result {
-            Ok(reader) => {
+            Ok((reader, levels)) => {
                 let bytes = reader.file_bytes();
                 {
                     // One synchronous step: reads see the memtable or the table, never neither.
@@ -840,6 +842,9 @@ async fn flush_loop(engine: Weak<Engine>) {
                 }
                 return;
             }
+            // Closed before the commit: the table is unlisted; close or the next open
+            // removes it, and the WAL still holds its data.
+            Err(ShardError::Closed) => return,
             Err(err) => {
                 tracing::error!(
                     error = %err,
@@ -858,18 +863,20 @@ async fn flush_loop(engine: Weak<Engine>) {
 }
 
 /// Writes `memtable` as a new level-0 table, opens it, and commits it to the manifest with the
-/// flushed position `(first_unfrozen, 0)`. On failure nothing is committed and the table file
+/// flushed position `(first_unfrozen, 0)`; returns the reader and the levels after the commit.
+/// Holds the manifest only for the id allocation and the commit (as compaction does), so
+/// `close` never waits for a table build. On failure nothing is committed and the table file
 /// is removed (best effort; an open removes any leftover).
 async fn flush_memtable(
+    engine: &Weak<Engine>,
     dir: &Path,
     cache: Rc<BlockCache>,
     sstable: SstableOptions,
     memtable: &Memtable,
     first_unfrozen: u64,
-    manifest: &mut Manifest,
-) -> Result<SstableReader, ShardError> {
-    let id = manifest.allocate_table_id();
-    let sid = sstable::TableId(id.0);
+) -> Result<(SstableReader, Vec<Vec<TableMeta>>), ShardError> {
+    let sid = allocate_table_id(engine).await?;
+    let id = manifest::TableId(sid.0);
     let built = build_table(dir, sid, sstable, memtable).await;
     let (path, size_bytes) = match built {
         Ok(b) => b,
@@ -892,9 +899,18 @@ async fn flush_memtable(
             max_stamp: reader.max_stamp(),
         };
         let edit = ManifestEdit::flush(meta, WalPosition { segment_id: first_unfrozen, offset: 0 });
+        let Some(mut manifest) = take_manifest(engine).await else {
+            return Err(ShardError::Closed);
+        };
         commit_attempted = true;
-        manifest.apply(&edit).await?;
-        Ok(reader)
+        let applied = manifest.apply(&edit).await;
+        let levels = manifest.state().levels().to_vec();
+        match engine.upgrade() {
+            Some(e) => e.put_manifest(manifest),
+            None => return Err(ShardError::Closed),
+        }
+        applied?;
+        Ok((reader, levels))
     }
     .await;
     // After a failed manifest write the new generation may or may not be on disk, so the

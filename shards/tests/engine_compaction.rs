@@ -166,13 +166,17 @@ fn a_crash_during_compaction_leaves_a_consistent_directory() {
     let slow = CompactionOptions { rate_bytes_per_s: 2 * 1024 * 1024, ..small_levels() };
     let o = opts(dir.path(), slow);
     let path = dir.path().to_path_buf();
-    support::run(move || async move {
-        let mut model = BTreeMap::new();
-        let mut rng = StdRng::seed_from_u64(11);
-        let mut n = 0u64;
-        let mut crashed_while_compacting = 0;
-        for round in 0..12u64 {
-            let (engine, _) = Engine::open(o.clone()).await.unwrap();
+    let mut model = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut n = 0u64;
+    let mut crashed_while_compacting = 0;
+    // Each round on its own executor thread, which exits (and with it any I/O the dropped
+    // engine had in flight) before the next round opens the files, as a process would.
+    for _round in 0..12u64 {
+        let o = o.clone();
+        let (m, r, next, hit) = support::run(move || async move {
+            let (mut model, mut rng, mut n) = (model, rng, n);
+            let (engine, _) = Engine::open(o).await.unwrap();
             check_model(&engine, &model).await;
             for _ in 0..300 {
                 n += 1;
@@ -189,17 +193,18 @@ fn a_crash_during_compaction_leaves_a_consistent_directory() {
             // Crash somewhere in the next 0-150 ms of background work.
             let pause = rng.gen_range(0..150u64);
             glommio::timer::sleep(std::time::Duration::from_millis(pause)).await;
-            if engine.stats().compaction_running {
-                crashed_while_compacting += 1;
-            }
+            let hit = engine.stats().compaction_running;
             drop(engine);
-            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-            let _ = round;
-        }
-        assert!(
-            crashed_while_compacting >= 3,
-            "only {crashed_while_compacting} crashes hit a compaction"
-        );
+            (model, rng, n, hit)
+        });
+        (model, rng, n) = (m, r, next);
+        crashed_while_compacting += u32::from(hit);
+    }
+    assert!(
+        crashed_while_compacting >= 3,
+        "only {crashed_while_compacting} crashes hit a compaction"
+    );
+    support::run(move || async move {
         let (engine, _) = Engine::open(o.clone()).await.unwrap();
         check_model(&engine, &model).await;
         engine.wait_for_compactions().await.unwrap();

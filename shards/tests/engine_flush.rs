@@ -170,23 +170,27 @@ fn crash_during_or_after_flush_loses_no_acknowledged_write() {
         let dir = tempfile::tempdir().unwrap();
         let opts = flush_opts(dir.path(), sync);
         let path = dir.path().to_path_buf();
-        support::run(move || async move {
-            let mut model: BTreeMap<Vec<u8>, Lookup> = BTreeMap::new();
-            let mut stamp = 0u64;
-            // Crash points: right after the write that froze the memtable (the flush has
-            // barely started), and after waits of growing length (mid-table, mid-manifest,
-            // after the commit, before or after the WAL segments are removed).
-            for (round, wait_us) in
-                [0u64, 0, 100, 300, 1_000, 2_000, 5_000, 20_000, 0, 50].into_iter().enumerate()
-            {
-                let (engine, report) = Engine::open(opts.clone()).await.unwrap();
+        let mut model: BTreeMap<Vec<u8>, Lookup> = BTreeMap::new();
+        let mut stamp = 0u64;
+        // Crash points: right after the write that froze the memtable (the flush has barely
+        // started), and after waits of growing length (mid-table, mid-manifest, after the
+        // commit, before or after the WAL segments are removed). Each round runs on its own
+        // executor thread, which exits (with any I/O the dropped engine had in flight, as a
+        // process would) before the next round opens the files.
+        for (round, wait_us) in
+            [0u64, 0, 100, 300, 1_000, 2_000, 5_000, 20_000, 0, 50].into_iter().enumerate()
+        {
+            let (o, p) = (opts.clone(), path.clone());
+            (model, stamp) = support::run(move || async move {
+                let (mut model, mut stamp) = (model, stamp);
+                let (engine, report) = Engine::open(o).await.unwrap();
                 assert_eq!(report.torn_tail, None);
                 for (k, want) in &model {
                     assert_eq!(&engine.get(k).await.unwrap(), want, "round {round} key {k:?}");
                 }
-                assert!(files_with_suffix(&path, ".sst.tmp").is_empty(), "round {round}");
+                assert!(files_with_suffix(&p, ".sst.tmp").is_empty(), "round {round}");
                 assert_eq!(
-                    files_with_suffix(&path, ".sst").len() as u64,
+                    files_with_suffix(&p, ".sst").len() as u64,
                     report.tables,
                     "round {round}: every table on disk is listed"
                 );
@@ -218,17 +222,18 @@ fn crash_during_or_after_flush_loses_no_acknowledged_write() {
                 if wait_us > 0 {
                     glommio::timer::sleep(Duration::from_micros(wait_us)).await;
                 }
-                // The crash: no close. The WAL writer's background flusher drains what was
-                // appended; the flush task is cancelled wherever it is.
+                // The crash: no close. The flush task is cancelled wherever it is.
                 drop(engine);
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                // Leftovers a crash can leave: a table being written, and a finished table
-                // whose manifest commit never happened.
-                if round == 3 {
-                    std::fs::write(path.join("00000000000000009999.sst.tmp"), b"torn").unwrap();
-                    std::fs::write(path.join("00000000000000009998.sst"), b"unlisted").unwrap();
-                }
+                (model, stamp)
+            });
+            // Leftovers a crash can leave: a table being written, and a finished table whose
+            // manifest commit never happened.
+            if round == 3 {
+                std::fs::write(path.join("00000000000000009999.sst.tmp"), b"torn").unwrap();
+                std::fs::write(path.join("00000000000000009998.sst"), b"unlisted").unwrap();
             }
+        }
+        support::run(move || async move {
             let (engine, report) = Engine::open(opts.clone()).await.unwrap();
             // How many flushes finished before each crash depends on timing, so the table count
             // is not asserted here (reads served from flushed tables are tested elsewhere);

@@ -2,15 +2,15 @@
 //!
 //! Method: a seeded random sequence of put/delete/get (with some stale stamps, which both the
 //! engine and the model must ignore) runs against the engine and a `BTreeMap` model; at random
-//! points the engine is closed and reopened (a clean restart) or dropped without close and
-//! reopened after its background flusher drained. Every get and, after every reopen, every
+//! points the engine is closed and reopened (a clean restart) or dropped without close (a
+//! crash; each life runs on its own executor thread, see `model_run`). Every get and, after every reopen, every
 //! key of the model is compared. Small segments make the WAL roll several times; a second
 //! variant uses the smallest memtable budget so that many memtables flush to SSTables. Set
 //! `KVS_MODEL_SEEDS` to run more seeds; a failure prints its seed.
 
 mod support;
 
-use kvs_shards::{Engine, Lookup, ShardOptions, Stamp, SyncMode};
+use kvs_shards::{Engine, EngineStats, Lookup, ShardOptions, Stamp, SyncMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -47,14 +47,61 @@ async fn check_all(engine: &Engine, model: &BTreeMap<Vec<u8>, ModelEntry>, seed:
     }
 }
 
-async fn model_run(seed: u64, opts: ShardOptions) -> u64 {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut model: BTreeMap<Vec<u8>, ModelEntry> = BTreeMap::new();
-    let (mut engine, report) = Engine::open(opts.clone()).await.unwrap();
-    assert_eq!(report.records, 0);
-    let mut hlc = 1_000u64;
-    let mut restarts = 0;
-    for step in 0..1500 {
+/// What one life of the engine hands to the next.
+struct Run {
+    rng: StdRng,
+    model: BTreeMap<Vec<u8>, ModelEntry>,
+    hlc: u64,
+    restarts: u32,
+    step: u32,
+}
+
+/// Runs the seeded sequence; returns [`total_tables`]. Each life of the engine (an open until a
+/// restart) runs on its own executor thread, which exits before the next life opens the files,
+/// as a process would: I/O the dropped engine's cancelled tasks had in flight completes in the
+/// kernel by then, never under the next life.
+fn model_run(seed: u64, opts: ShardOptions) -> u64 {
+    let mut run = Run {
+        rng: StdRng::seed_from_u64(seed),
+        model: BTreeMap::new(),
+        hlc: 1_000,
+        restarts: 0,
+        step: 0,
+    };
+    loop {
+        let o = opts.clone();
+        let (r, stats) = support::run(move || life(seed, o, run));
+        run = r;
+        if let Some(stats) = stats {
+            assert!(run.restarts > 0);
+            assert!(stats.wal_segments >= 1, "seed {seed}: {stats:?} (restarts {})", run.restarts);
+            break;
+        }
+    }
+    let o = opts.clone();
+    support::run(move || async move {
+        let (engine, _) = Engine::open(o).await.unwrap();
+        check_all(&engine, &run.model, seed).await;
+        engine.close().await.unwrap();
+    });
+    total_tables(&opts)
+}
+
+/// One life: opens (checking every key after a restart), runs steps until the next restart
+/// (closed or dropped) or the end (then closed; its stats returned).
+async fn life(seed: u64, opts: ShardOptions, run: Run) -> (Run, Option<EngineStats>) {
+    let Run { mut rng, mut model, mut hlc, mut restarts, step: first } = run;
+    let (engine, report) = Engine::open(opts).await.unwrap();
+    if first == 0 {
+        assert_eq!(report.records, 0);
+    } else {
+        assert_eq!(report.torn_tail, None, "seed {seed}");
+        if let Some(max) = report.max_stamp {
+            assert!(max.hlc <= hlc);
+        }
+        check_all(&engine, &model, seed).await;
+    }
+    for step in first..1500 {
         let key = format!("key-{:03}", rng.gen_range(0..120)).into_bytes();
         // Mostly fresh stamps; sometimes a stale one that must be ignored.
         let stamp = if rng.gen_bool(0.1) {
@@ -93,30 +140,17 @@ async fn model_run(seed: u64, opts: ShardOptions) -> u64 {
                         Err(kvs_shards::ShardError::Closed)
                     ));
                 } else {
-                    // Dropped without close: the flusher drains in the background; give it
-                    // a moment before reopening the same files.
+                    // Dropped without close: a crash.
                     drop(engine);
-                    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                let (e, report) = Engine::open(opts.clone()).await.unwrap();
-                assert_eq!(report.torn_tail, None, "seed {seed}");
-                if let Some(max) = report.max_stamp {
-                    assert!(max.hlc <= hlc);
-                }
-                engine = e;
-                check_all(&engine, &model, seed).await;
+                return (Run { rng, model, hlc, restarts, step: step + 1 }, None);
             }
         }
     }
     check_all(&engine, &model, seed).await;
     let stats = engine.stats();
     engine.close().await.unwrap();
-    let (engine, _) = Engine::open(opts.clone()).await.unwrap();
-    check_all(&engine, &model, seed).await;
-    assert!(restarts > 0);
-    assert!(stats.wal_segments >= 1, "seed {seed}: {stats:?} (restarts {restarts})");
-    engine.close().await.unwrap();
-    total_tables(&opts)
+    (Run { rng, model, hlc, restarts, step: 1500 }, Some(stats))
 }
 
 /// How many tables the run made at least: the greatest table id in the shard directory (ids
@@ -144,7 +178,7 @@ fn random_ops_match_a_btreemap_across_restarts() {
             let dir = tempfile::tempdir().unwrap();
             let opts = support::small_opts(dir.path(), sync);
             println!("model seed {seed} {sync:?}");
-            support::run(move || model_run(seed, opts));
+            model_run(seed, opts);
         }
     }
 }
@@ -161,7 +195,7 @@ fn random_ops_with_many_flushes_match_a_btreemap_across_restarts() {
                 ..support::small_opts(dir.path(), sync)
             };
             println!("model (flushing) seed {seed} {sync:?}");
-            let tables = support::run(move || model_run(seed, opts));
+            let tables = model_run(seed, opts);
             assert!(tables >= 2, "seed {seed}: only {tables} tables: too few flushes");
         }
     }

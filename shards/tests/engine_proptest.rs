@@ -22,7 +22,6 @@ use kvs_shards::{Engine, EngineStats, Lookup, ShardOptions, Stamp, SyncMode};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::rc::Rc;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -109,69 +108,119 @@ fn opts(dir: &Path, collect_tombstones: bool) -> ShardOptions {
     }
 }
 
+type Model = BTreeMap<Vec<u8>, ModelEntry>;
+
+/// How one life of the engine (one open) ended.
+enum End {
+    /// `Restart` at this step: closed cleanly.
+    Restart(usize),
+    /// `Crash` at this step: dropped without close.
+    Crash(usize),
+    /// Every op ran; the engine's stats after its compactions caught up.
+    Done(Box<EngineStats>),
+}
+
 /// Runs `ops` against a fresh engine and the model; `Err` describes the first disagreement.
+///
+/// Each life of the engine (from an open to a restart or crash) runs on its own executor
+/// thread, which exits before the next life opens the files, like a process. A crash is
+/// faithful only that way: I/O that a dropped engine's cancelled tasks had already submitted
+/// (a segment unlink, a manifest rename) completes in the kernel before the thread's exit
+/// finishes, never under the next life.
 fn run_case(ops: Vec<Op>, collect_tombstones: bool) -> Result<EngineStats, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let opts = opts(dir.path(), collect_tombstones);
-    support::run(move || async move {
-        let mut model: BTreeMap<Vec<u8>, ModelEntry> = BTreeMap::new();
-        let mut clock = 10_000u64;
-        let (mut engine, _) = Engine::open(opts.clone()).await.map_err(|e| e.to_string())?;
-        for (step, op) in ops.into_iter().enumerate() {
-            let at = |what: &str| format!("step {step} ({what})");
-            match op {
-                Op::Put { k, len, stale } => {
-                    clock += 1;
-                    let stamp = support::stamp(if stale { clock - 1000 } else { clock });
-                    let value = support::value_of(clock, usize::from(len));
-                    engine.put(&key(k), &value, stamp).await.map_err(|e| at(&e.to_string()))?;
-                    apply(&mut model, key(k), ModelEntry::Value(value, stamp));
-                }
-                Op::Delete { k, stale } => {
-                    clock += 1;
-                    let stamp = support::stamp(if stale { clock - 1000 } else { clock });
-                    engine.delete(&key(k), stamp).await.map_err(|e| at(&e.to_string()))?;
-                    apply(&mut model, key(k), ModelEntry::Deleted(stamp));
-                }
-                Op::Get { k } => compare(&engine, &model, &key(k), &at("get")).await?,
-                Op::Flush => engine.flush().await.map_err(|e| at(&format!("flush: {e}")))?,
-                Op::Compact => {
-                    engine.compact().await.map_err(|e| at(&format!("compact: {e}")))?;
-                    if collect_tombstones {
-                        // Grace 0, everything merged bottommost: every tombstone is gone.
-                        model.retain(|_, e| matches!(e, ModelEntry::Value(..)));
-                    }
-                    let s = engine.stats();
-                    if s.tables > 0 && s.levels.first().is_some_and(|l| l.tables > 0) {
-                        return Err(at(&format!("level 0 not empty after compact: {s:?}")));
-                    }
-                }
-                Op::Restart => {
-                    engine.close().await.map_err(|e| at(&e.to_string()))?;
-                    engine = Engine::open(opts.clone()).await.map_err(|e| at(&e.to_string()))?.0;
-                    check_all(&engine, &model, &at("after restart")).await?;
-                }
-                Op::Crash => {
-                    drop(engine);
-                    // The dropped WAL writer drains in the background; let it finish.
-                    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-                    engine = Engine::open(opts.clone()).await.map_err(|e| at(&e.to_string()))?.0;
-                    check_all(&engine, &model, &at("after crash")).await?;
-                }
+    let mut model = Model::new();
+    let mut clock = 10_000u64;
+    let mut next = 0usize;
+    let mut after = String::new();
+    loop {
+        let life_ops: Vec<(usize, Op)> = ops.iter().cloned().enumerate().skip(next).collect();
+        let (o, m) = (opts.clone(), std::mem::take(&mut model));
+        let label = std::mem::take(&mut after);
+        let (end, m, c) =
+            support::run(move || life(o, life_ops, m, clock, collect_tombstones, label))?;
+        model = m;
+        clock = c;
+        match end {
+            End::Restart(step) => {
+                (next, after) = (step + 1, format!("step {step} (after restart)"))
+            }
+            End::Crash(step) => (next, after) = (step + 1, format!("step {step} (after crash)")),
+            End::Done(stats) => {
+                let o = opts.clone();
+                support::run(move || async move {
+                    let engine = Engine::open(o).await.map_err(|e| e.to_string())?.0;
+                    check_all(&engine, &model, "after the final reopen").await?;
+                    engine.close().await.map_err(|e| e.to_string())
+                })?;
+                return Ok(*stats);
             }
         }
-        engine.wait_for_compactions().await.map_err(|e| e.to_string())?;
-        let stats = engine.stats();
-        check_all(&engine, &model, "at the end").await?;
-        engine.close().await.map_err(|e| e.to_string())?;
-        let engine = Engine::open(opts.clone()).await.map_err(|e| e.to_string())?.0;
-        check_all(&engine, &model, "after the final reopen").await?;
-        engine.close().await.map_err(|e| e.to_string())?;
-        Ok(stats)
-    })
+    }
 }
 
-fn apply(model: &mut BTreeMap<Vec<u8>, ModelEntry>, k: Vec<u8>, e: ModelEntry) {
+/// One life: opens the engine (checking every key against the model when it is a reopen,
+/// `after` names it), runs `ops` until a restart, a crash or the end.
+async fn life(
+    opts: ShardOptions,
+    ops: Vec<(usize, Op)>,
+    mut model: Model,
+    mut clock: u64,
+    collect_tombstones: bool,
+    after: String,
+) -> Result<(End, Model, u64), String> {
+    let engine = Engine::open(opts).await.map_err(|e| format!("{after}: open: {e}"))?.0;
+    if !after.is_empty() {
+        check_all(&engine, &model, &after).await?;
+    }
+    for (step, op) in ops {
+        let at = |what: &str| format!("step {step} ({what})");
+        match op {
+            Op::Put { k, len, stale } => {
+                clock += 1;
+                let stamp = support::stamp(if stale { clock - 1000 } else { clock });
+                let value = support::value_of(clock, usize::from(len));
+                engine.put(&key(k), &value, stamp).await.map_err(|e| at(&e.to_string()))?;
+                apply(&mut model, key(k), ModelEntry::Value(value, stamp));
+            }
+            Op::Delete { k, stale } => {
+                clock += 1;
+                let stamp = support::stamp(if stale { clock - 1000 } else { clock });
+                engine.delete(&key(k), stamp).await.map_err(|e| at(&e.to_string()))?;
+                apply(&mut model, key(k), ModelEntry::Deleted(stamp));
+            }
+            Op::Get { k } => compare(&engine, &model, &key(k), &at("get")).await?,
+            Op::Flush => engine.flush().await.map_err(|e| at(&format!("flush: {e}")))?,
+            Op::Compact => {
+                engine.compact().await.map_err(|e| at(&format!("compact: {e}")))?;
+                if collect_tombstones {
+                    // Grace 0, everything merged bottommost: every tombstone is gone.
+                    model.retain(|_, e| matches!(e, ModelEntry::Value(..)));
+                }
+                let s = engine.stats();
+                if s.tables > 0 && s.levels.first().is_some_and(|l| l.tables > 0) {
+                    return Err(at(&format!("level 0 not empty after compact: {s:?}")));
+                }
+            }
+            Op::Restart => {
+                engine.close().await.map_err(|e| at(&e.to_string()))?;
+                return Ok((End::Restart(step), model, clock));
+            }
+            Op::Crash => {
+                drop(engine);
+                return Ok((End::Crash(step), model, clock));
+            }
+        }
+    }
+    engine.wait_for_compactions().await.map_err(|e| e.to_string())?;
+    let stats = engine.stats();
+    check_all(&engine, &model, "at the end").await?;
+    engine.close().await.map_err(|e| e.to_string())?;
+    Ok((End::Done(Box::new(stats)), model, clock))
+}
+
+fn apply(model: &mut Model, k: Vec<u8>, e: ModelEntry) {
     match model.get(&k) {
         Some(old) if !e.supersedes(old) => {}
         _ => {
@@ -180,12 +229,7 @@ fn apply(model: &mut BTreeMap<Vec<u8>, ModelEntry>, k: Vec<u8>, e: ModelEntry) {
     }
 }
 
-async fn compare(
-    engine: &Engine,
-    model: &BTreeMap<Vec<u8>, ModelEntry>,
-    k: &[u8],
-    at: &str,
-) -> Result<(), String> {
+async fn compare(engine: &Engine, model: &Model, k: &[u8], at: &str) -> Result<(), String> {
     let got = engine.get(k).await.map_err(|e| format!("{at}: get: {e}"))?;
     let want = model.get(k).map_or(Lookup::Missing, ModelEntry::lookup);
     if got != want {
@@ -195,11 +239,7 @@ async fn compare(
     Ok(())
 }
 
-async fn check_all(
-    engine: &Rc<Engine>,
-    model: &BTreeMap<Vec<u8>, ModelEntry>,
-    at: &str,
-) -> Result<(), String> {
+async fn check_all(engine: &Engine, model: &Model, at: &str) -> Result<(), String> {
     for k in 0..KEYS {
         compare(engine, model, &key(k), at).await?;
     }
