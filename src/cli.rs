@@ -525,17 +525,15 @@ where
     }
 }
 
-/// How a client error is printed after `error: `: its stable code first; for `Unavailable` and
-/// `Timeout` the replica counts next, then the server's message.
+/// How a client error is printed after `error: `: its stable code first; for a server's answer
+/// the replica counts of `Unavailable` and `Timeout` next, then the server's message.
 fn error_line(e: &ClientError) -> String {
     match e {
-        ClientError::Server { code, message, detail } if *detail != ErrorDetail::None => {
-            if message.is_empty() {
-                format!("{code}: {detail}")
-            } else {
-                format!("{code}: {detail} ({message})")
-            }
-        }
+        ClientError::Server { code, message, detail } => match (detail, message.is_empty()) {
+            (ErrorDetail::None, _) => format!("{code}: {message}"),
+            (detail, true) => format!("{code}: {detail}"),
+            (detail, false) => format!("{code}: {detail} ({message})"),
+        },
         e => format!("{}: {e}", e.code()),
     }
 }
@@ -618,9 +616,8 @@ mod tests {
             message: "w = 2 exceeds the replication factor 1".into(),
             detail: ErrorDetail::None,
         };
-        assert_eq!(
-            error_line(&e),
-            "InvalidRequest: server error InvalidRequest: w = 2 exceeds the replication factor 1"
-        );
+        assert_eq!(error_line(&e), "InvalidRequest: w = 2 exceeds the replication factor 1");
+        let e = ClientError::InvalidRequest("a TTL must be positive".into());
+        assert_eq!(error_line(&e), "InvalidRequest: invalid request: a TTL must be positive");
     }
 }

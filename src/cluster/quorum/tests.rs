@@ -29,46 +29,58 @@ fn tombstone(hlc: u64, node: u64) -> Option<Versioned> {
     Some(Versioned { stamp: stamp(hlc, node), value: None })
 }
 
-/// (N, consistency, access, expected count or the error's text fragment).
+/// The first whitespace-separated word of `s` and the rest, trimmed.
+fn first_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    }
+}
+
+/// The cases of `testdata/consistency.txt` (format in its header).
 #[test]
 fn consistency_resolution_table() {
     use Access::{Read, Write};
-    use Consistency::{All, Count, Default as Def, One, Quorum};
-    let ok: &[(u8, Consistency, Access, u8)] = &[
-        (3, Def, Read, 2),
-        (3, Def, Write, 2),
-        (3, One, Read, 1),
-        (3, Quorum, Write, 2),
-        (3, All, Read, 3),
-        (3, Count(1), Write, 1),
-        (3, Count(3), Read, 3),
-        (1, Def, Read, 1),
-        (1, Def, Write, 1),
-        (1, Quorum, Write, 1),
-        (1, All, Write, 1),
-        (1, Count(1), Read, 1),
-        (2, Quorum, Read, 2),
-        (4, Quorum, Read, 3),
-        (5, Quorum, Write, 3),
-        (5, All, Write, 5),
-        (255, Quorum, Read, 128),
-        (255, All, Read, 255),
-    ];
-    for &(n, c, access, want) in ok {
+    use Consistency::{All, Default as Def, One, Quorum};
+    let table = include_str!("testdata/consistency.txt");
+    let mut cases = 0;
+    for (i, line) in table.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("testdata/consistency.txt:{}: {line}", i + 1);
+        let (n, rest) = first_word(line);
+        let (c, rest) = first_word(rest);
+        let (access, expected) = first_word(rest);
+        let n: u8 = n.parse().unwrap_or_else(|e| panic!("{at}: N: {e}"));
+        let c = match c {
+            "default" => Def,
+            "one" => One,
+            "quorum" => Quorum,
+            "all" => All,
+            count => Consistency::Count(count.parse().unwrap_or_else(|e| panic!("{at}: {e}"))),
+        };
+        let access = match access {
+            "read" => Read,
+            "write" => Write,
+            other => panic!("{at}: access {other:?}"),
+        };
         let got = QuorumOptions::with_replication_factor(n).required(c, access);
-        assert_eq!(got, Ok(req(want)), "N={n} {c:?} {access:?}");
+        match expected.strip_prefix("refused:") {
+            Some(text) => {
+                let err = got.expect_err(&at).to_string();
+                assert!(err.contains(text.trim()), "{at}: got {err:?}");
+            }
+            None => {
+                let want: u8 = expected.parse().unwrap_or_else(|e| panic!("{at}: {e}"));
+                assert_eq!(got, Ok(req(want)), "{at}");
+            }
+        }
+        cases += 1;
     }
-    let refused: &[(u8, Consistency, Access, &str)] = &[
-        (1, Count(2), Write, "w = 2 exceeds the replication factor 1"),
-        (1, Count(2), Read, "r = 2 exceeds the replication factor 1"),
-        (3, Count(4), Write, "w = 4 exceeds the replication factor 3"),
-        (3, Count(0), Read, "r = 0 is not a consistency"),
-        (3, Count(0), Write, "w = 0 is not a consistency"),
-    ];
-    for &(n, c, access, text) in refused {
-        let err = QuorumOptions::with_replication_factor(n).required(c, access).unwrap_err();
-        assert!(err.to_string().contains(text), "N={n} {c:?}: {err}");
-    }
+    assert!(cases >= 25, "the table was read: {cases} cases");
     // Configured defaults other than quorum apply to `Default` only.
     let o = QuorumOptions {
         replication_factor: 3,
