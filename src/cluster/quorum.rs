@@ -38,6 +38,14 @@
 //! change. Replies that arrive later are still recorded where they matter (a late write
 //! acknowledgement removes the replica from [`WriteTracker::missed`]).
 //!
+//! ## Not yet
+//! - No speculative reads: a read asks exactly R replicas, so one of them failing fails the
+//!   read even when a spare replica is alive (as Cassandra without speculative retry).
+//! - Replies that arrive after a read is resolved are not looked at, so a late replica's
+//!   staleness is left to anti-entropy.
+//! - [`Versioned`] has no expiry: read repair of a value with a TTL needs the engine to report
+//!   the expiry with the value (`kvs_shards::Lookup` does not yet).
+//!
 //! ## Defaults
 //! The node's configured defaults are [`READ_CONSISTENCY_DEFAULT`] and
 //! [`WRITE_CONSISTENCY_DEFAULT`] (quorum: R = W = 2 when N =

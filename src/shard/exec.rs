@@ -22,8 +22,8 @@ use super::conn::ConnOut;
 use super::{bump, ExecutorCtx, ShardMsg};
 use crate::cluster::hlc::wall_ms;
 use crate::cluster::quorum::{
-    Access, ConsistencyError, QuorumFailure, ReadKind, ReadReply, ReadResolver, ReadStep,
-    Versioned, WriteDecision, WriteTracker,
+    Access, ConsistencyError, QuorumFailure, ReadKind, ReadOutcome, ReadReply, ReadResolver,
+    ReadStep, Versioned, WriteDecision, WriteTracker,
 };
 
 /// The one mapping from engine errors to wire error codes.
@@ -362,7 +362,7 @@ impl ExecutorCtx {
         &self,
         mut resolver: ReadResolver,
         key: &[u8],
-    ) -> Result<crate::cluster::quorum::ReadOutcome, Refusal> {
+    ) -> Result<ReadOutcome, Refusal> {
         let Some(engine) = self.engine.as_ref() else {
             return Err(Refusal::from((
                 ErrorCode::Internal,

@@ -569,6 +569,14 @@ mod tests {
         }
     }
 
+    /// The archived sizes the `## Format` sections state.
+    #[test]
+    fn archived_enum_sizes_are_as_documented() {
+        use std::mem::{align_of, size_of};
+        assert_eq!((size_of::<ArchivedConsistency>(), align_of::<ArchivedConsistency>()), (2, 1));
+        assert_eq!((size_of::<ArchivedErrorDetail>(), align_of::<ArchivedErrorDetail>()), (3, 1));
+    }
+
     /// A consistency tag this version does not define is refused by validation, not misread.
     #[test]
     fn unknown_consistency_tag_is_invalid() {
