@@ -255,7 +255,7 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
         }
         Opcode::Topology => {
             let mut b = out.buf.borrow_mut();
-            if msg::write_frame(&mut b, Opcode::Topology, true, id, &*ctx.topology).is_err() {
+            if msg::write_frame(&mut b, Opcode::Topology, true, id, &*ctx.topology()).is_err() {
                 msg::write_error(&mut b, id, ErrorCode::Internal, "cannot encode topology");
             }
             drop(b);
@@ -274,6 +274,22 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
                 out.finish_one();
             })
             .detach();
+        }
+        Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ClusterStatus => {
+            match ctx.peer_service() {
+                Some(service) => {
+                    service.handle(header.opcode, id, &body, &mut out.buf.borrow_mut());
+                    out.wake_writer.notify();
+                }
+                None => {
+                    bump(&ctx.counters.invalid_frames);
+                    out.push_error(
+                        id,
+                        ErrorCode::InvalidRequest,
+                        format!("{:?} is served on the node-level port only", header.opcode),
+                    );
+                }
+            }
         }
         Opcode::Error => {
             bump(&ctx.counters.invalid_frames);

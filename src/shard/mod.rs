@@ -18,6 +18,18 @@
 //!
 //! A Stats request is answered by the executor it lands on, which gathers every shard's
 //! counters over the same channels (see [`stats`]).
+//!
+//! ## Topology
+//! Every executor answers Topology requests from its own copy of the topology, an
+//! `Arc<TopologyResponse>` in a `RefCell` that only its executor touches (no lock). The cluster
+//! core builds a new one when membership changes and sends it to every shard as a
+//! [`ShardMsg::Topology`] ([`ExecutorCtx::publish_topology`]); an executor keeps the one with
+//! the highest version, so messages that overtake each other do no harm.
+//!
+//! ## Node-to-node requests
+//! Gossip and cluster-status frames (`GossipSyn`, `GossipAck2`, `ClusterStatus`) are handed to
+//! the executor's [`PeerService`], which only the cluster core has (it serves the node-level
+//! port); a shard port answers them with `InvalidRequest`.
 
 mod conn;
 mod exec;
@@ -51,6 +63,15 @@ pub enum ShardMsg {
     StatsRequest { from: usize, corr: u64 },
     /// Shard `shard`'s named counters for the stats gather `corr`.
     StatsReply { corr: u64, shard: u32, counters: Vec<(String, u64)> },
+    /// A newer topology, from the cluster core.
+    Topology(Arc<TopologyResponse>),
+}
+
+/// Serves node-to-node frames on the executor that has one (the cluster core).
+pub trait PeerService {
+    /// Answers one request frame (`opcode`, `request_id`, validated header, raw `body`) by
+    /// appending exactly one response frame to `out`. Never panics on any body.
+    fn handle(&self, opcode: Opcode, request_id: u64, body: &AlignedVec, out: &mut Vec<u8>);
 }
 
 /// Settings every executor needs, fixed at start.
@@ -95,7 +116,10 @@ pub struct ExecutorCtx {
     /// The storage engine; `None` on the cluster core.
     pub engine: Option<Rc<Engine>>,
     hlc: RefCell<Hlc>,
-    topology: Arc<TopologyResponse>,
+    /// The topology served to clients; replaced by newer ones from the cluster core.
+    topology: RefCell<Arc<TopologyResponse>>,
+    /// Gossip and cluster status; set on the cluster core only.
+    peer_service: RefCell<Option<Rc<dyn PeerService>>>,
     /// Senders to every other executor, by index (`None` at our own index).
     peers: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Forwarded requests awaiting their response: corr -> the client connection to answer.
@@ -130,7 +154,8 @@ impl ExecutorCtx {
             settings,
             engine,
             hlc: RefCell::new(hlc),
-            topology,
+            topology: RefCell::new(topology),
+            peer_service: RefCell::new(None),
             peers,
             pending: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
@@ -141,6 +166,44 @@ impl ExecutorCtx {
             conn_closed: Notify::default(),
             counters: ShardCounters::default(),
         }
+    }
+
+    /// The topology this executor serves now.
+    pub fn topology(&self) -> Arc<TopologyResponse> {
+        self.topology.borrow().clone()
+    }
+
+    /// Keeps `topology` if it is newer than the one held.
+    pub fn set_topology(&self, topology: Arc<TopologyResponse>) {
+        let mut held = self.topology.borrow_mut();
+        if topology.version > held.version {
+            *held = topology;
+        }
+    }
+
+    /// Serves `topology` here and sends it to every other executor of the node.
+    pub fn publish_topology(self: &Rc<Self>, topology: Arc<TopologyResponse>) {
+        self.set_topology(topology.clone());
+        for i in 0..self.peers.len() {
+            let ctx = self.clone();
+            let t = topology.clone();
+            glommio::spawn_local(async move {
+                if let Some(Some(peer)) = ctx.peers.get(i) {
+                    // The receiver never blocks on us, so awaiting room cannot deadlock.
+                    let _ = peer.send(ShardMsg::Topology(t)).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Installs the handler of node-to-node frames (the cluster core's gossip).
+    pub fn set_peer_service(&self, service: Rc<dyn PeerService>) {
+        *self.peer_service.borrow_mut() = Some(service);
+    }
+
+    fn peer_service(&self) -> Option<Rc<dyn PeerService>> {
+        self.peer_service.borrow().clone()
     }
 
     /// Raises the shutdown latch and tells every open connection to stop reading.
@@ -209,6 +272,7 @@ impl ExecutorCtx {
             ShardMsg::StatsReply { corr, shard, counters } => {
                 self.on_stats_reply(corr, shard, counters)
             }
+            ShardMsg::Topology(topology) => self.set_topology(topology),
         }
     }
 }
