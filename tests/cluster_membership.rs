@@ -1,0 +1,248 @@
+//! Goal: gossip membership works between real processes: three nodes that share a cluster
+//! name and secret find each other through a seed and agree on membership, topology version
+//! and ring ownership; a node with the wrong secret never enters the membership and both
+//! sides say why; a node killed with SIGKILL is marked down by the others within a bounded
+//! time and comes back up when restarted; malformed gossip frames get an error, not a crash.
+//! Method: `kvs server` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (ephemeral ports)
+//! with a 100 ms gossip interval, observed through `kvs status --json`. Every wait is a
+//! bounded poll; the measured detection time is printed (`--nocapture` shows it).
+
+#![allow(clippy::disallowed_methods, reason = "test threads may sleep: they are not executors")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kvs_wire::msg::{self, ArchivedErrorResponse};
+use kvs_wire::{ErrorCode, FrameHeader, Opcode};
+use serde_json::Value;
+use support::{kvs, Raw, Server};
+
+const GOSSIP: &[&str] = &["--shards", "1", "--gossip-interval-ms", "100"];
+
+/// `kvs status --json` of the node at `addr`, or None when it could not be asked.
+fn status(addr: &str) -> Option<Value> {
+    let out = kvs(&["status", "--addr", addr, "--json", "--timeout-ms", "2000"], None);
+    if out.status.code() == Some(2) {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls `check` every 100 ms until it returns Some, at most `limit`; panics with `what`.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    for _ in 0..10_000 {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// Node id -> (state, liveness) in a status.
+fn members(s: &Value) -> BTreeMap<String, (String, String)> {
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let f = |k: &str| n[k].as_str().unwrap().to_string();
+            (f("id"), (f("state"), f("liveness")))
+        })
+        .collect()
+}
+
+/// The statuses of `nodes` once each lists exactly `ids`, all up and alive, with one
+/// topology version.
+fn converged(nodes: &[&Server], ids: &[&String]) -> Option<Vec<Value>> {
+    let statuses: Vec<Value> = nodes.iter().map(|n| status(&n.addr)).collect::<Option<_>>()?;
+    for s in &statuses {
+        let m = members(s);
+        if m.len() != ids.len()
+            || !ids.iter().all(|id| m.get(*id).is_some_and(|(st, l)| st == "up" && l == "alive"))
+        {
+            return None;
+        }
+    }
+    let v0 = &statuses[0]["topology_version"];
+    statuses.iter().all(|s| &s["topology_version"] == v0).then_some(statuses)
+}
+
+fn liveness_of(s: &Value, id: &str) -> Option<String> {
+    members(s).get(id).map(|(_, l)| l.clone())
+}
+
+#[test]
+fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
+    let started = Instant::now();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret_file = dirs[0].path().join("cluster.secret");
+    std::fs::write(&secret_file, "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+    let secret = secret_file.to_str().unwrap();
+    let cluster = |seeds: &str| -> Vec<String> {
+        let mut a: Vec<String> = GOSSIP.iter().map(|s| s.to_string()).collect();
+        a.extend(["--cluster-name", "test-c", "--cluster-secret-file", secret].map(String::from));
+        if !seeds.is_empty() {
+            a.extend(["--seeds".to_string(), seeds.to_string()]);
+        }
+        a
+    };
+    let a1 = cluster("");
+    let n1 = Server::start_at("127.0.0.1:0", dirs[0].path().join("d").as_path(), &refs(&a1));
+    let seed = n1.addr.clone();
+    let a2 = cluster(&seed);
+    let n2 = Server::start_at("127.0.0.2:0", dirs[1].path(), &refs(&a2));
+    let n3_dir = dirs[2].path().to_path_buf();
+    let mut n3 = Server::start_at("127.0.0.3:0", &n3_dir, &refs(&a2));
+    // A node of the same cluster name with the wrong secret, seeded at n1.
+    let mut a4: Vec<String> = GOSSIP.iter().map(|s| s.to_string()).collect();
+    a4.extend(
+        ["--cluster-name", "test-c", "--cluster-secret", "not-the-secret", "--seeds", &seed]
+            .map(String::from),
+    );
+    let n4 = Server::start_at("127.0.0.1:0", dirs[3].path(), &refs(&a4));
+    let (id1, id2, id3) = (n1.node_id.clone(), n2.node_id.clone(), n3.node_id.clone());
+    let ids = [&id1, &id2, &id3];
+
+    let statuses = wait_for("3 nodes up everywhere", Duration::from_secs(15), || {
+        converged(&[&n1, &n2, &n3], &ids)
+    });
+    let t_converged = started.elapsed();
+    let owns = |s: &Value| -> BTreeMap<String, f64> {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["id"].as_str().unwrap().to_string(), n["ownership"].as_f64().unwrap()))
+            .collect()
+    };
+    for s in &statuses {
+        let total = s["ownership_total"].as_f64().unwrap();
+        assert!((total - 1.0).abs() < 1e-6, "ownership sums to {total}: {s}");
+        assert_eq!(owns(s), owns(&statuses[0]), "every node sees the same ring");
+        assert!(owns(s).values().all(|o| *o > 0.15 && *o < 0.55), "{s}");
+        assert_eq!(s["replication_factor"], 3);
+        assert_eq!(s["cluster_name"], "test-c");
+    }
+    // The topology clients fetch follows membership, on any node.
+    let topo = kvs(&["topology", "--addr", &n2.addr], None);
+    let text = String::from_utf8_lossy(&topo.stdout);
+    assert_eq!(text.matches("node ").count(), 4, "header + 3 nodes:\n{text}");
+    assert!(text.contains(&format!("version {}", statuses[0]["topology_version"])), "{text}");
+    // Shards serve the topology the cluster core published, too.
+    let host2 = n2.addr.rsplit_once(':').unwrap().0;
+    let shard2 = format!("{host2}:{}", n2.shard_ports[0]);
+    let topo = kvs(&["topology", "--addr", &shard2], None);
+    let text = String::from_utf8_lossy(&topo.stdout);
+    assert_eq!(text.matches("node ").count(), 4, "from a shard port:\n{text}");
+    // A key written through one node is read through another (placed by the shared ring).
+    let put = kvs(&["put", "cluster-key", "v1", "--addr", &n1.addr], None);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let get = kvs(&["get", "cluster-key", "--addr", &n3.addr], None);
+    assert_eq!(get.stdout, b"v1", "{}", String::from_utf8_lossy(&get.stderr));
+
+    // The stranger: refused with the reason on both sides, never listed.
+    wait_for("the refusal to be logged", Duration::from_secs(10), || {
+        (n1.stderr().contains("bad cluster secret")
+            && n4.stderr().contains("peer refused our gossip")
+            && n4.stderr().contains("bad cluster secret"))
+        .then_some(())
+    });
+    for n in [&n1, &n2, &n3] {
+        let s = status(&n.addr).unwrap();
+        assert!(!members(&s).contains_key(&n4.node_id), "{} lists the stranger: {s}", n.addr);
+    }
+    let s4 = status(&n4.addr).unwrap();
+    assert_eq!(members(&s4).len(), 1, "the stranger learned nobody: {s4}");
+
+    // kill -9 n3: n1 and n2 mark it down.
+    let old_version = statuses[0]["topology_version"].as_u64().unwrap();
+    n3.kill9();
+    let killed = Instant::now();
+    let n3_id = n3.node_id.clone();
+    wait_for("n3 marked down by n1 and n2", Duration::from_secs(15), || {
+        [&n1, &n2]
+            .iter()
+            .all(|n| {
+                status(&n.addr).is_some_and(|s| liveness_of(&s, &n3_id).as_deref() == Some("down"))
+            })
+            .then_some(())
+    });
+    let detection = killed.elapsed();
+    eprintln!("detection of a SIGKILLed node at 100 ms gossip, phi 8: {detection:?}");
+    for n in [&n1, &n2] {
+        let s = status(&n.addr).unwrap();
+        assert_eq!(s["topology_version"].as_u64(), Some(old_version), "down is not a ring change");
+    }
+
+    // Restart n3 on the same data (same id, new generation, new port): up again everywhere.
+    let restarted = Instant::now();
+    n3 = Server::start_at("127.0.0.3:0", &n3_dir, &refs(&a2));
+    assert_eq!(n3.node_id, n3_id);
+    let statuses = wait_for("n3 up again everywhere", Duration::from_secs(15), || {
+        converged(&[&n1, &n2, &n3], &ids)
+    });
+    let back = restarted.elapsed();
+    let new_version = statuses[0]["topology_version"].as_u64().unwrap();
+    assert!(new_version > old_version, "a restart grows the version: {old_version} {new_version}");
+    let addrs: Vec<&str> = statuses[0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap())
+        .collect();
+    assert!(addrs.contains(&n3.addr.as_str()), "the new address is gossiped: {addrs:?}");
+    eprintln!(
+        "converged in {t_converged:?} from the first start; detection {detection:?}; back up \
+         {back:?} after restart; whole test {:?}",
+        started.elapsed()
+    );
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn malformed_gossip_gets_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), GOSSIP);
+    let expect_error = |raw: &mut Raw, id: u64, what: &str| {
+        let (h, body) = raw.recv().expect("an answer");
+        assert_eq!((h.opcode, h.request_id), (Opcode::Error, id), "{what}");
+        let e = msg::access::<ArchivedErrorResponse>(&body).unwrap();
+        assert_eq!(e.code.to_native(), ErrorCode::InvalidRequest.to_u16(), "{what}");
+        e.message.as_str().to_string()
+    };
+    let mut raw = Raw::connect(&server.addr);
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    for (i, len) in [0usize, 1, 7, 16, 64, 300].into_iter().enumerate() {
+        let body: Vec<u8> = (0..len)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state as u8
+            })
+            .collect();
+        for op in [Opcode::GossipSyn, Opcode::GossipAck2] {
+            let id = 10 + i as u64;
+            let mut frame = FrameHeader::request(op, id, body.len() as u32).encode().to_vec();
+            frame.extend_from_slice(&body);
+            raw.send(&frame);
+            let m = expect_error(&mut raw, id, &format!("{op:?} of {len} random bytes"));
+            assert!(m.contains("malformed gossip"), "{m}");
+        }
+    }
+    // Gossip on a shard port is refused; the node keeps serving.
+    let mut shard = Raw::connect(&server.shard_addr(0));
+    shard.send(&FrameHeader::request(Opcode::GossipSyn, 5, 0).encode());
+    assert!(expect_error(&mut shard, 5, "shard port").contains("node-level port"));
+    let s = status(&server.addr).expect("still serving");
+    assert_eq!(members(&s).len(), 1);
+    assert!(server.stderr().contains("malformed gossip"), "the refusal is logged");
+}
