@@ -3,8 +3,10 @@
 //! and ring ownership; a node with the wrong secret never enters the membership and both
 //! sides say why; a node killed with SIGKILL is marked down by the others within a bounded
 //! time and comes back up when restarted; malformed gossip frames get an error, not a crash.
-//! Method: `kvs server` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (ephemeral ports)
-//! with a 100 ms gossip interval, observed through `kvs status --json`. Every wait is a
+//! Method: `kvs server` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3, all on the same port
+//! (a node is known by its `--listen` address; the port is probed free on the three addresses
+//! first), with a 100 ms gossip interval, observed through `kvs status --json`; the strangers
+//! listen on ephemeral ports. Every wait is a
 //! bounded poll; the measured detection time is printed (`--nocapture` shows it).
 
 #![allow(clippy::disallowed_methods, reason = "test threads may sleep: they are not executors")]
@@ -91,13 +93,15 @@ fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
         }
         a
     };
+    let port = port_free_on_three_addresses();
+    let listen = |ip: u8| format!("127.0.0.{ip}:{port}");
     let a1 = cluster("");
-    let n1 = Server::start_at("127.0.0.1:0", dirs[0].path().join("d").as_path(), &refs(&a1));
+    let n1 = Server::start_at(&listen(1), dirs[0].path().join("d").as_path(), &refs(&a1));
     let seed = n1.addr.clone();
     let a2 = cluster(&seed);
-    let n2 = Server::start_at("127.0.0.2:0", dirs[1].path(), &refs(&a2));
+    let n2 = Server::start_at(&listen(2), dirs[1].path(), &refs(&a2));
     let n3_dir = dirs[2].path().to_path_buf();
-    let mut n3 = Server::start_at("127.0.0.3:0", &n3_dir, &refs(&a2));
+    let mut n3 = Server::start_at(&listen(3), &n3_dir, &refs(&a2));
     // A node of the same cluster name with the wrong secret, seeded at n1.
     let mut a4: Vec<String> = GOSSIP.iter().map(|s| s.to_string()).collect();
     a4.extend(
@@ -105,6 +109,14 @@ fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
             .map(String::from),
     );
     let n4 = Server::start_at("127.0.0.1:0", dirs[3].path(), &refs(&a4));
+    // And a node of another cluster with the right secret.
+    let dir5 = tempfile::tempdir().unwrap();
+    let mut a5: Vec<String> = GOSSIP.iter().map(|s| s.to_string()).collect();
+    a5.extend(
+        ["--cluster-name", "other-c", "--cluster-secret-file", secret, "--seeds", &seed]
+            .map(String::from),
+    );
+    let n5 = Server::start_at("127.0.0.5:0", dir5.path(), &refs(&a5));
     let (id1, id2, id3) = (n1.node_id.clone(), n2.node_id.clone(), n3.node_id.clone());
     let ids = [&id1, &id2, &id3];
 
@@ -145,19 +157,27 @@ fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
     let get = kvs(&["get", "cluster-key", "--addr", &n3.addr], None);
     assert_eq!(get.stdout, b"v1", "{}", String::from_utf8_lossy(&get.stderr));
 
-    // The stranger: refused with the reason on both sides, never listed.
-    wait_for("the refusal to be logged", Duration::from_secs(10), || {
-        (n1.stderr().contains("bad cluster secret")
-            && n4.stderr().contains("peer refused our gossip")
-            && n4.stderr().contains("bad cluster secret"))
+    // The strangers: refused with the reason on both sides, never listed.
+    wait_for("the refusals to be logged", Duration::from_secs(10), || {
+        let (e1, e4, e5) = (n1.stderr(), n4.stderr(), n5.stderr());
+        (e1.contains("bad cluster secret")
+            && e4.contains("peer refused our gossip")
+            && e4.contains("bad cluster secret")
+            && e1.contains(r#"gossip from cluster "other-c" refused"#)
+            && e5.contains("peer refused our gossip")
+            && e5.contains(r#"this node is in cluster "test-c""#))
         .then_some(())
     });
     for n in [&n1, &n2, &n3] {
         let s = status(&n.addr).unwrap();
-        assert!(!members(&s).contains_key(&n4.node_id), "{} lists the stranger: {s}", n.addr);
+        for stranger in [&n4, &n5] {
+            assert!(!members(&s).contains_key(&stranger.node_id), "{} lists {s}", n.addr);
+        }
     }
-    let s4 = status(&n4.addr).unwrap();
-    assert_eq!(members(&s4).len(), 1, "the stranger learned nobody: {s4}");
+    for stranger in [&n4, &n5] {
+        let s = status(&stranger.addr).unwrap();
+        assert_eq!(members(&s).len(), 1, "a stranger learned nobody: {s}");
+    }
 
     // kill -9 n3: n1 and n2 mark it down.
     let old_version = statuses[0]["topology_version"].as_u64().unwrap();
@@ -179,10 +199,10 @@ fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
         assert_eq!(s["topology_version"].as_u64(), Some(old_version), "down is not a ring change");
     }
 
-    // Restart n3 on the same data (same id, new generation, new port): up again everywhere.
+    // Restart n3 on the same data and address (same id, new generation): up again everywhere.
     let restarted = Instant::now();
-    n3 = Server::start_at("127.0.0.3:0", &n3_dir, &refs(&a2));
-    assert_eq!(n3.node_id, n3_id);
+    n3 = Server::start_at(&listen(3), &n3_dir, &refs(&a2));
+    assert_eq!((n3.node_id.as_str(), n3.addr.as_str()), (n3_id.as_str(), listen(3).as_str()));
     let statuses = wait_for("n3 up again everywhere", Duration::from_secs(15), || {
         converged(&[&n1, &n2, &n3], &ids)
     });
@@ -195,12 +215,33 @@ fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
         .iter()
         .map(|n| n["addr"].as_str().unwrap())
         .collect();
-    assert!(addrs.contains(&n3.addr.as_str()), "the new address is gossiped: {addrs:?}");
+    assert_eq!(addrs.len(), 3);
+    for ip in 1..=3 {
+        assert!(addrs.contains(&listen(ip).as_str()), "{addrs:?}");
+    }
     eprintln!(
         "converged in {t_converged:?} from the first start; detection {detection:?}; back up \
          {back:?} after restart; whole test {:?}",
         started.elapsed()
     );
+}
+
+/// A port P with P and P+1 (node and shard port) free on 127.0.0.1, .2 and .3.
+fn port_free_on_three_addresses() -> u16 {
+    for _ in 0..50 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if p == u16::MAX {
+            continue;
+        }
+        let held: Vec<_> = (1..=3)
+            .flat_map(|ip| [p, p + 1].map(move |port| format!("127.0.0.{ip}:{port}")))
+            .map(std::net::TcpListener::bind)
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return p;
+        }
+    }
+    panic!("no port free on 127.0.0.1-3 after 50 tries");
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
