@@ -429,6 +429,9 @@ impl GossipCore {
                 return Err(e.to_string());
             }
         };
+        if !matches!(ack, GossipMsg::Ack { .. }) {
+            return Err("the answer to a Syn is not an Ack".into());
+        }
         let reply = self.membership.borrow_mut().receive(self.now_ms(), from, ack);
         self.publish_if_changed();
         let Some(ack2) = reply else {
@@ -554,8 +557,11 @@ impl GossipCore {
                 return;
             }
         };
-        let is_syn = matches!(m, GossipMsg::Syn { .. });
-        if is_syn != (opcode == Opcode::GossipSyn) {
+        let step_fits = match opcode {
+            Opcode::GossipSyn => matches!(m, GossipMsg::Syn { .. }),
+            _ => matches!(m, GossipMsg::Ack2 { .. }),
+        };
+        if !step_fits {
             msg::write_error(
                 out,
                 request_id,
