@@ -710,6 +710,69 @@ mod tests {
         }
     }
 
+    fn core(id: u64, secret: &[u8]) -> Rc<GossipCore> {
+        let addr: SocketAddr = format!("127.0.0.{id}:7000").parse().unwrap();
+        let meta = NodeMeta { shard_ports: Arc::from(vec![7001]), token_count: 4 };
+        let mut m = Membership::new(NodeId(id), addr, 5, meta, Default::default());
+        m.set_status(Status::Up);
+        let settings = ClusterSettings {
+            addr,
+            seeds: Vec::new(),
+            cluster_name: "c".into(),
+            key: ClusterKey::derive("c", secret),
+            gossip_interval_ms: 100,
+            replication_factor: 3,
+        };
+        GossipCore::new(settings, m, Weak::new(), 0)
+    }
+
+    /// One request frame through `to`'s service; returns the response header and body.
+    fn serve(to: &GossipCore, frame: &[u8]) -> (FrameHeader, Vec<u8>) {
+        let h = FrameHeader::decode(frame, PEER_BODY_BYTES_MAX).unwrap();
+        let mut body: AlignedVec = AlignedVec::new();
+        body.extend_from_slice(&frame[FRAME_HEADER_BYTES..]);
+        let mut out = Vec::new();
+        to.handle(h.opcode, h.request_id, &body, &mut out);
+        let rh = FrameHeader::decode(&out, PEER_BODY_BYTES_MAX).unwrap();
+        assert_eq!(out.len(), FRAME_HEADER_BYTES + rh.body_len as usize, "exactly one frame");
+        (rh, out[FRAME_HEADER_BYTES..].to_vec())
+    }
+
+    #[test]
+    fn the_service_runs_an_exchange_and_refuses_strangers_and_misplaced_steps() {
+        let (a, b) = (core(1, b"s"), core(2, b"s"));
+        // a -> b: Syn, answered with an Ack that a merges; a's Ack2 is answered empty.
+        let syn = a.membership.borrow().syn();
+        let (h, body) = serve(&b, &a.sealed_frame(Opcode::GossipSyn, false, 7, &syn).unwrap());
+        assert_eq!((h.opcode, h.response, h.request_id), (Opcode::GossipSyn, true, 7));
+        let (from, ack) = open("c", &a.settings.key, Opcode::GossipSyn, true, &body).unwrap();
+        assert_eq!(from, NodeId(2));
+        let ack2 = a.membership.borrow_mut().receive(0, from, ack).unwrap();
+        let (h, body) = serve(&b, &a.sealed_frame(Opcode::GossipAck2, false, 8, &ack2).unwrap());
+        assert_eq!((h.opcode, h.response, body.len()), (Opcode::GossipAck2, true, 0));
+        assert_eq!((a.membership.borrow().len(), b.membership.borrow().len()), (2, 2));
+        assert_eq!(a.status().members.len(), 2);
+
+        // A wrong secret: an error, and b learns nothing of the stranger.
+        let stranger = core(3, b"other");
+        let syn = stranger.membership.borrow().syn();
+        let frame = stranger.sealed_frame(Opcode::GossipSyn, false, 9, &syn).unwrap();
+        let (h, _) = serve(&b, &frame);
+        assert_eq!(h.opcode, Opcode::Error);
+        assert!(!b.membership.borrow().knows(NodeId(3)));
+        // An Ack2 sent as a Syn, or a Syn sent as an Ack2: errors.
+        let (h, _) = serve(&b, &a.sealed_frame(Opcode::GossipSyn, false, 10, &ack2).unwrap());
+        assert_eq!(h.opcode, Opcode::Error);
+        let syn = a.membership.borrow().syn();
+        let (h, _) = serve(&b, &a.sealed_frame(Opcode::GossipAck2, false, 11, &syn).unwrap());
+        assert_eq!(h.opcode, Opcode::Error);
+        // Status is served too.
+        let mut status = Vec::new();
+        msg::write_empty_frame(&mut status, Opcode::ClusterStatus, false, 12);
+        let (h, _) = serve(&b, &status);
+        assert_eq!((h.opcode, h.response), (Opcode::ClusterStatus, true));
+    }
+
     #[test]
     fn topology_lists_joining_and_up_nodes_with_their_tokens() {
         let meta = NodeMeta { shard_ports: Arc::from(vec![9001]), token_count: 8 };
