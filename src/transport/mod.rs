@@ -20,7 +20,8 @@
 //! ## Authentication
 //! Every message is sealed and opened here with the cluster key (format and reasoning in
 //! [`kvs_wire::peer`]). A refused message never reaches the membership: the node logs why
-//! (at most once per [`REFUSAL_LOG_INTERVAL`] per peer and reason) and answers the sender
+//! (at most once per [`REFUSAL_LOG_INTERVAL`] per peer and reason, and at most
+//! [`REFUSAL_LOGS_PER_INTERVAL_MAX`] lines per interval in all) and answers the sender
 //! with an `InvalidRequest` error that says why, which the sender logs in turn.
 //!
 //! ## Not yet
@@ -58,6 +59,10 @@ use crate::shard::{ExecutorCtx, PeerService};
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct (peer, reason) pairs remembered for log throttling; the memory is cleared when full.
 const REFUSAL_KEYS_MAX: usize = 1024;
+/// Refusal lines logged at most per [`REFUSAL_LOG_INTERVAL`] in all, so strangers that vary
+/// their claimed id cannot flood the log; the number left out is logged with the first
+/// refusal after the window.
+pub const REFUSAL_LOGS_PER_INTERVAL_MAX: u32 = 20;
 
 /// How long one exchange (connect, Syn, Ack, Ack2) may take: two gossip intervals, within
 /// 200 ms..=5 s, so a stuck peer never holds more than a few rounds' worth of tasks.
@@ -293,6 +298,8 @@ pub struct GossipCore {
     last_liveness: RefCell<HashMap<NodeId, Liveness>>,
     /// (peer, reason) -> when it was last logged.
     refusals_logged: RefCell<HashMap<(String, &'static str), Instant>>,
+    /// Start of the current refusal-log window, lines logged in it and lines left out.
+    refusal_window: Cell<(Instant, u32, u64)>,
 }
 
 impl GossipCore {
@@ -313,6 +320,7 @@ impl GossipCore {
             published_version: Cell::new(published_version),
             last_liveness: RefCell::new(HashMap::new()),
             refusals_logged: RefCell::new(HashMap::new()),
+            refusal_window: Cell::new((Instant::now(), 0, 0)),
         })
     }
 
@@ -528,15 +536,34 @@ impl GossipCore {
     }
 
     fn should_log(&self, peer: &str, kind: &'static str) -> bool {
+        let now = Instant::now();
+        let (start, lines, left_out) = self.refusal_window.get();
+        let (start, lines, left_out) = if now.duration_since(start) >= REFUSAL_LOG_INTERVAL {
+            if left_out > 0 {
+                tracing::error!(
+                    "{left_out} more gossip refusals in the last {REFUSAL_LOG_INTERVAL:?} not logged"
+                );
+            }
+            (now, 0, 0)
+        } else {
+            (start, lines, left_out)
+        };
+        if lines >= REFUSAL_LOGS_PER_INTERVAL_MAX {
+            self.refusal_window.set((start, lines, left_out + 1));
+            return false;
+        }
         let mut logged = self.refusals_logged.borrow_mut();
         if logged.len() >= REFUSAL_KEYS_MAX {
             logged.clear();
         }
-        let now = Instant::now();
         match logged.get(&(peer.to_string(), kind)) {
-            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => {
+                self.refusal_window.set((start, lines, left_out));
+                false
+            }
             _ => {
                 logged.insert((peer.to_string(), kind), now);
+                self.refusal_window.set((start, lines + 1, left_out));
                 true
             }
         }
@@ -771,6 +798,16 @@ mod tests {
         msg::write_empty_frame(&mut status, Opcode::ClusterStatus, false, 12);
         let (h, _) = serve(&b, &status);
         assert_eq!((h.opcode, h.response), (Opcode::ClusterStatus, true));
+    }
+
+    #[test]
+    fn refusal_logs_are_bounded_per_peer_and_in_all() {
+        let c = core(1, b"s");
+        assert!(c.should_log("p", "secret"));
+        assert!(!c.should_log("p", "secret"), "the same peer and reason: once per interval");
+        assert!(c.should_log("p", "cluster"));
+        let logged = (0..100).filter(|i| c.should_log(&format!("q{i}"), "secret")).count();
+        assert_eq!(logged as u32, REFUSAL_LOGS_PER_INTERVAL_MAX - 2);
     }
 
     #[test]
