@@ -279,6 +279,13 @@ fn malformed_gossip_gets_an_error_not_a_crash() {
             assert!(m.contains("malformed gossip"), "{m}");
         }
     }
+    // The node port takes larger gossip frames, but a client frame keeps the client bound.
+    let mut big = Raw::connect(&server.addr);
+    big.send(&FrameHeader::request(Opcode::Put, 3, 2 << 20).encode());
+    let (h, body) = big.recv().expect("an answer");
+    assert_eq!((h.opcode, h.request_id), (Opcode::Error, 3));
+    let e = msg::access::<ArchivedErrorResponse>(&body).unwrap();
+    assert_eq!(e.code.to_native(), ErrorCode::TooLarge.to_u16());
     // Gossip on a shard port is refused; the node keeps serving.
     let mut shard = Raw::connect(&server.shard_addr(0));
     shard.send(&FrameHeader::request(Opcode::GossipSyn, 5, 0).encode());

@@ -159,6 +159,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         key_bytes_max: config.key_bytes_max,
         value_bytes_max: config.value_bytes_max,
         frame_body_bytes_max: config.frame_body_bytes_max(),
+        peer_body_bytes_max: config.frame_body_bytes_max(),
         connection_inflight_max: config.connection_inflight_max,
         connections_max: config.connections_max,
     };
@@ -186,7 +187,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         let mut executor_settings = settings.clone();
         if !is_shard {
             // The node port also carries gossip, whose bodies may exceed a client frame.
-            executor_settings.frame_body_bytes_max =
+            executor_settings.peer_body_bytes_max =
                 executor_settings.frame_body_bytes_max.max(PEER_BODY_BYTES_MAX);
         }
         let job = ExecutorJob {

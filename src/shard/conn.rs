@@ -172,6 +172,7 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     };
 
     let body_max = ctx.settings.frame_body_bytes_max;
+    let peer_body_max = ctx.settings.peer_body_bytes_max.max(body_max);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let inflight_max = ctx.settings.connection_inflight_max;
@@ -183,7 +184,18 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
                 break;
             }
             let Some(avail) = buf.get(start..) else { break };
-            let header = match FrameHeader::decode(avail, body_max) {
+            let header = match FrameHeader::decode(avail, peer_body_max) {
+                // Only node-to-node frames may use the larger bound.
+                Ok(h) if h.body_len > body_max && !is_peer_opcode(h.opcode) => {
+                    bump(&ctx.counters.invalid_frames);
+                    let e = FrameError::TooLarge { len: h.body_len, max: body_max };
+                    out.push_error(
+                        h.request_id,
+                        ErrorCode::TooLarge,
+                        format!("{e}; closing connection"),
+                    );
+                    break 'conn;
+                }
                 Ok(h) => h,
                 Err(FrameError::Incomplete { .. }) => break,
                 Err(e) => {
@@ -234,6 +246,10 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     out.closing.set(true);
     out.wake_writer.notify();
     writer.await;
+}
+
+fn is_peer_opcode(op: Opcode) -> bool {
+    matches!(op, Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ClusterStatus)
 }
 
 fn request_id_of(header: &[u8]) -> u64 {

@@ -82,6 +82,9 @@ pub struct ShardSettings {
     pub key_bytes_max: u32,
     pub value_bytes_max: u32,
     pub frame_body_bytes_max: u32,
+    /// Bound on a node-to-node frame's body (gossip), at least `frame_body_bytes_max`; larger
+    /// on the cluster core only, and only for the node-to-node opcodes.
+    pub peer_body_bytes_max: u32,
     pub connection_inflight_max: usize,
     pub connections_max: usize,
 }
