@@ -51,8 +51,8 @@ pub enum Command {
         conn: ConnArgs,
     },
     /// Print every node of the cluster as the node at --addr sees it: id, address, state,
-    /// liveness and phi, shard count, share of the ring (load: n/a). Exits 1 when some node
-    /// is not up and alive.
+    /// liveness and phi, shard count, share of the ring, and the bytes of data each alive
+    /// node holds (asked of each node). Exits 1 when some node is not up and alive.
     Status {
         /// Print one JSON object instead of a table (format in src/status_report.rs).
         #[arg(long)]
@@ -349,6 +349,10 @@ impl ServerArgs {
     }
 }
 
+/// `kvs status` waits at most this long per step for each node's load (the Stats gather
+/// itself waits up to 1 s for the node's shards).
+const LOAD_TIMEOUT_MS: u64 = 1500;
+
 /// Parses the command line, runs it, and returns the process exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
@@ -401,7 +405,8 @@ pub fn run() -> i32 {
         Command::Status { json, conn } => {
             match crate::status_report::fetch(&conn.addr, Duration::from_millis(conn.timeout_ms)) {
                 Ok(status) => {
-                    let report = crate::status_report::StatusReport::new(&status);
+                    let mut report = crate::status_report::StatusReport::new(&status);
+                    report.fill_load(Duration::from_millis(conn.timeout_ms.min(LOAD_TIMEOUT_MS)));
                     let text =
                         if json { format!("{:#}\n", report.to_json()) } else { report.to_table() };
                     let mut out = std::io::stdout().lock();

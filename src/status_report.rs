@@ -6,9 +6,11 @@
 //! `placement::vnode_tokens(id, vnodes)`, and [`Ring::ownership`] gives each one's share of
 //! the token space as primary. Members outside the ring (Leaving, Left, never heard) own 0.
 //!
-//! Load (keys and bytes per node) is not shown: each node would have to be asked for its
-//! engine counters, which the membership does not carry yet. The JSON has `"load": null`
-//! and the table `n/a` so nothing pretends otherwise.
+//! Load: the CLI asks each alive node's node port for its Stats (one request per node) and
+//! shows the bytes of data it holds: SSTables plus memtables, summed over the shards that
+//! answered. A node that is not alive or does not answer shows `n/a` (`null` in JSON). Keys
+//! per node are not shown: the engine counts keys in its memtable only, not on disk, so no
+//! honest number exists yet.
 //!
 //! ## JSON (`kvs status --json`)
 //! ```text
@@ -20,7 +22,7 @@
 //!   "ownership_total": 1.0,
 //!   "nodes": [ { "id": "…", "addr": "127.0.0.1:7000", "state": "up", "liveness": "alive",
 //!                "phi": 0.4, "shards": 1, "vnodes": 150, "ownership": 0.33,
-//!                "generation": 1764111111, "heartbeat": 42, "load": null }, … ]
+//!                "generation": 1764111111, "heartbeat": 42, "load_bytes": 1234 }, … ]
 //! }
 //! ```
 //! Nodes are sorted by id. `state` is the gossiped status (`joining`, `up`, `leaving`,
@@ -33,7 +35,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use kvs_wire::limits::FRAME_HEADER_BYTES;
-use kvs_wire::msg::{self, AlignedVec, ArchivedErrorResponse};
+use kvs_wire::msg::{
+    self, AlignedVec, ArchivedErrorResponse, ArchivedStatsResponse, StatsResponse,
+};
 use kvs_wire::peer::{
     ArchivedClusterStatusResponse, ClusterStatusResponse, PeerStatus, GOSSIP_NODES_MAX,
     LIVENESS_NAMES, PEER_BODY_BYTES_MAX,
@@ -42,8 +46,9 @@ use kvs_wire::placement::{vnode_tokens, NodeId, Ring, SHARDS_MAX, VNODES_MAX};
 use kvs_wire::{FrameHeader, Opcode};
 use serde_json::{json, Value};
 
-/// Asks the node at `addr` for its view of the cluster (blocking; for the CLI thread only).
-pub fn fetch(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, String> {
+/// Sends one empty-bodied request of `opcode` to `addr` and returns the response body
+/// (blocking, bounded by `timeout` per step; for the CLI thread only).
+fn request(addr: &str, opcode: Opcode, timeout: Duration) -> Result<AlignedVec, String> {
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
@@ -54,7 +59,7 @@ pub fn fetch(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, Str
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    msg::write_empty_frame(&mut out, Opcode::ClusterStatus, false, 1);
+    msg::write_empty_frame(&mut out, opcode, false, 1);
     stream.write_all(&out).map_err(|e| format!("sending to {addr}: {e}"))?;
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream.read_exact(&mut header).map_err(|e| format!("reading from {addr}: {e}"))?;
@@ -68,14 +73,38 @@ pub fn fetch(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, Str
             .unwrap_or_else(|_| "(unreadable error)".into());
         return Err(format!("{addr} answered: {m}"));
     }
-    if h.opcode != Opcode::ClusterStatus || !h.response {
-        return Err(format!("{addr} answered {:?} to ClusterStatus", h.opcode));
+    if h.opcode != opcode || !h.response {
+        return Err(format!("{addr} answered {:?} to {opcode:?}", h.opcode));
     }
+    Ok(body)
+}
+
+/// Asks the node at `addr` for its view of the cluster.
+pub fn fetch(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, String> {
+    let body = request(addr, Opcode::ClusterStatus, timeout)?;
     let archived =
         msg::access::<ArchivedClusterStatusResponse>(&body).map_err(|e| e.to_string())?;
     let status: ClusterStatusResponse = msg::to_owned(archived).map_err(|e| e.to_string())?;
     check(&status)?;
     Ok(status)
+}
+
+/// The bytes of data the node at `addr` holds (SSTables, memtable and frozen memtables over
+/// every shard that answered), from its Stats counters; None when it cannot be asked.
+pub fn fetch_load_bytes(addr: &str, timeout: Duration) -> Option<u64> {
+    let body = request(addr, Opcode::Stats, timeout).ok()?;
+    let stats: StatsResponse =
+        msg::to_owned(msg::access::<ArchivedStatsResponse>(&body).ok()?).ok()?;
+    stats.check().ok()?;
+    let summed = ["table_bytes", "memtable_bytes", "immutable_bytes"];
+    Some(
+        stats
+            .shards
+            .iter()
+            .flat_map(|s| &s.counters)
+            .filter(|c| summed.contains(&c.name.as_str()))
+            .fold(0u64, |sum, c| sum.saturating_add(c.value)),
+    )
 }
 
 /// Bounds the report relies on (the ring build is proportional to nodes × vnodes).
@@ -107,6 +136,8 @@ pub struct Row {
     pub heartbeat: u64,
     /// Whether the member is on the ring (Joining or Up, heard from).
     pub in_ring: bool,
+    /// Bytes of data the node holds, when it was asked ([`StatusReport::fill_load`]).
+    pub load_bytes: Option<u64>,
 }
 
 /// A status response made readable.
@@ -158,6 +189,7 @@ impl StatusReport {
                 generation: m.heartbeat.generation,
                 heartbeat: m.heartbeat.version,
                 in_ring: in_ring(m),
+                load_bytes: None,
             })
             .collect();
         StatusReport {
@@ -166,6 +198,16 @@ impl StatusReport {
             topology_version: s.topology_version,
             replication_factor: s.replication_factor,
             rows,
+        }
+    }
+
+    /// Asks every alive node for its load (one Stats request each, `timeout` per step);
+    /// nodes that are not alive or do not answer keep `None`.
+    pub fn fill_load(&mut self, timeout: Duration) {
+        for r in &mut self.rows {
+            if r.liveness == "alive" {
+                r.load_bytes = fetch_load_bytes(&r.addr, timeout);
+            }
         }
     }
 
@@ -186,7 +228,7 @@ impl StatusReport {
                     "ownership": r.ownership,
                     "generation": r.generation,
                     "heartbeat": r.heartbeat,
-                    "load": Value::Null,
+                    "load_bytes": r.load_bytes,
                 })
             })
             .collect();
@@ -210,14 +252,14 @@ impl StatusReport {
         );
         let _ = writeln!(
             t,
-            "{:<16}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>9}  load",
-            "id", "address", "state", "liveness", "phi", "shards", "vnodes", "owns"
+            "{:<16}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>9}  {:>10}",
+            "id", "address", "state", "liveness", "phi", "shards", "vnodes", "owns", "load"
         );
         for r in &self.rows {
             let phi = if r.phi >= 1e6 { "inf".to_string() } else { format!("{:.2}", r.phi) };
             let _ = writeln!(
                 t,
-                "{:016x}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>8.2}%  n/a",
+                "{:016x}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>8.2}%  {:>10}",
                 r.id,
                 r.addr,
                 r.state,
@@ -225,7 +267,8 @@ impl StatusReport {
                 phi,
                 r.shards,
                 r.vnodes,
-                r.ownership * 100.0
+                r.ownership * 100.0,
+                r.load_bytes.map_or_else(|| "n/a".to_string(), human_bytes)
             );
         }
         t
@@ -269,6 +312,22 @@ impl StatusReport {
     }
 }
 
+/// `1536` -> `1.5 KiB`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS.get(unit).copied().unwrap_or("B"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,7 +368,9 @@ mod tests {
         let j = r.to_json();
         assert_eq!(j["nodes"].as_array().unwrap().len(), 4);
         assert_eq!(j["nodes"][3]["state"], "left");
-        assert!(j["nodes"][0]["load"].is_null());
+        assert!(j["nodes"][0]["load_bytes"].is_null());
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
         assert!(r.to_table().contains("n/a"));
         let ring = r.ring_table(true);
         assert!(ring.starts_with("ring of 3 node(s), 450 vnodes"), "{ring}");
