@@ -62,6 +62,25 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Print every node of the cluster as the node at --addr sees it: id, address, state,
+    /// liveness and phi, shard count, share of the ring, and the bytes of data each alive
+    /// node holds (asked of each node). Exits 1 when some node is not up and alive.
+    Status {
+        /// Print one JSON object instead of a table (format in src/status_report.rs).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print token ownership as the node at --addr sees it: per node on the ring, its
+    /// vnode tokens and share.
+    Ring {
+        /// Also list every token in ring order with its owner.
+        #[arg(long)]
+        tokens: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Print the node's topology: id, address, shard ports, vnode count.
     Topology {
         #[command(flatten)]
@@ -270,6 +289,28 @@ pub struct ServerArgs {
     /// Seconds to finish in-flight requests on shutdown [default: 10].
     #[arg(long)]
     pub shutdown_grace_s: Option<u64>,
+    /// Nodes to join through, HOST:PORT,... (their --listen addresses) [default: none].
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Cluster name; gossip from another cluster is refused [default: kvs].
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// Cluster secret that authenticates gossip (visible in `ps`: prefer
+    /// --cluster-secret-file) [default: none].
+    #[arg(long)]
+    pub cluster_secret: Option<String>,
+    /// File holding the cluster secret [default: none].
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Time between gossip rounds, ms [default: 1000].
+    #[arg(long)]
+    pub gossip_interval_ms: Option<u64>,
+    /// phi at which a peer is considered down [default: 8].
+    #[arg(long)]
+    pub phi_threshold: Option<f64>,
+    /// Replication factor N reported in the topology [default: 3].
+    #[arg(long)]
+    pub replication_factor: Option<u8>,
 }
 
 impl ServerArgs {
@@ -360,9 +401,36 @@ impl ServerArgs {
         if let Some(v) = self.shutdown_grace_s {
             c.shutdown_grace_s = v;
         }
+        if let Some(v) = &self.seeds {
+            c.seeds = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &self.cluster_name {
+            c.cluster_name = v.clone();
+        }
+        if let Some(v) = &self.cluster_secret {
+            c.cluster_secret = Some(v.clone());
+            c.cluster_secret_file = None;
+        }
+        if let Some(v) = &self.cluster_secret_file {
+            c.cluster_secret_file = Some(v.clone());
+            c.cluster_secret = None;
+        }
+        if let Some(v) = self.gossip_interval_ms {
+            c.gossip_interval_ms = v;
+        }
+        if let Some(v) = self.phi_threshold {
+            c.phi_threshold = v;
+        }
+        if let Some(v) = self.replication_factor {
+            c.replication_factor = v;
+        }
         Ok(c)
     }
 }
+
+/// `kvs status` waits at most this long per step for each node's load (the Stats gather
+/// itself waits up to 1 s for the node's shards).
+const LOAD_TIMEOUT_MS: u64 = 1500;
 
 /// Parses the command line, runs it, and returns the process exit code.
 pub fn run() -> i32 {
@@ -410,6 +478,44 @@ pub fn run() -> i32 {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     kvs_perf::runner::EXIT_CANNOT_RUN
+                }
+            }
+        }
+        Command::Status { json, conn } => {
+            match crate::status_report::fetch(&conn.addr, Duration::from_millis(conn.timeout_ms)) {
+                Ok(status) => {
+                    let mut report = crate::status_report::StatusReport::new(&status);
+                    report.fill_load(Duration::from_millis(conn.timeout_ms.min(LOAD_TIMEOUT_MS)));
+                    let text =
+                        if json { format!("{:#}\n", report.to_json()) } else { report.to_table() };
+                    let mut out = std::io::stdout().lock();
+                    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+                        return 2;
+                    }
+                    let all_up =
+                        report.rows.iter().all(|r| r.state == "up" && r.liveness == "alive");
+                    i32::from(!all_up)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    2
+                }
+            }
+        }
+        Command::Ring { tokens, conn } => {
+            match crate::status_report::fetch(&conn.addr, Duration::from_millis(conn.timeout_ms)) {
+                Ok(status) => {
+                    let report = crate::status_report::StatusReport::new(&status);
+                    let mut out = std::io::stdout().lock();
+                    let text = report.ring_table(tokens);
+                    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+                        return 2;
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    2
                 }
             }
         }

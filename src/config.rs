@@ -15,6 +15,11 @@ use kvs_wire::limits::{
 use kvs_wire::placement::{SHARDS_MAX, VNODES_DEFAULT, VNODES_MAX};
 use serde::{Deserialize, Serialize};
 
+/// Most seeds a node takes.
+pub const SEEDS_MAX: usize = 64;
+/// Longest cluster secret, bytes.
+pub const CLUSTER_SECRET_BYTES_MAX: usize = 1024;
+
 /// How the WAL acknowledges writes. Mirrors `kvs_shards::SyncMode` for the config file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
@@ -111,6 +116,22 @@ pub struct NodeConfig {
     pub pin: bool,
     /// Seconds to wait for in-flight requests on shutdown before closing anyway. Default 10.
     pub shutdown_grace_s: u64,
+    /// Addresses (`host:port`, their `listen`) of nodes to join through. Empty (the default):
+    /// a single-node store, until another node names this one as its seed.
+    pub seeds: Vec<String>,
+    /// Name of the cluster; gossip from a node with another name is refused. Default `kvs`.
+    pub cluster_name: String,
+    /// The cluster secret that authenticates gossip. Default none (an empty secret: no
+    /// protection beyond the cluster name). Prefer `cluster_secret_file`.
+    pub cluster_secret: Option<String>,
+    /// A file whose contents (trailing newline removed) are the cluster secret. Default none.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Time between gossip rounds, milliseconds. Default 1000.
+    pub gossip_interval_ms: u64,
+    /// phi at or above which a peer is considered down. Default 8.
+    pub phi_threshold: f64,
+    /// Replication factor N reported in the topology. Default 3.
+    pub replication_factor: u8,
 }
 
 impl Default for NodeConfig {
@@ -143,6 +164,13 @@ impl Default for NodeConfig {
             forward_queue_max: 1024,
             pin: true,
             shutdown_grace_s: 10,
+            seeds: Vec::new(),
+            cluster_name: "kvs".to_string(),
+            cluster_secret: None,
+            cluster_secret_file: None,
+            gossip_interval_ms: 1000,
+            phi_threshold: 8.0,
+            replication_factor: 3,
         }
     }
 }
@@ -188,6 +216,48 @@ impl NodeConfig {
             .map_err(|e| invalid("listen", format!("{}: {e}", self.listen)))?
             .next()
             .ok_or_else(|| invalid("listen", format!("{} resolves to no address", self.listen)))
+    }
+
+    /// The seeds' socket addresses (resolved once, at start).
+    pub fn seed_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        use std::net::ToSocketAddrs;
+        self.seeds
+            .iter()
+            .map(|s| {
+                s.to_socket_addrs()
+                    .map_err(|e| invalid("seeds", format!("{s}: {e}")))?
+                    .next()
+                    .ok_or_else(|| invalid("seeds", format!("{s} resolves to no address")))
+            })
+            .collect()
+    }
+
+    /// The cluster secret's bytes: `cluster_secret`, or the contents of `cluster_secret_file`
+    /// without its trailing newline, or empty.
+    pub fn cluster_secret_bytes(&self) -> Result<Vec<u8>, ConfigError> {
+        match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(_), Some(_)) => Err(invalid(
+                "cluster_secret",
+                "give either cluster_secret or cluster_secret_file, not both",
+            )),
+            (Some(s), None) => Ok(s.as_bytes().to_vec()),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path).map_err(|e| {
+                    invalid("cluster_secret_file", format!("{}: {e}", path.display()))
+                })?;
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                if bytes.is_empty() {
+                    return Err(invalid(
+                        "cluster_secret_file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Ok(bytes)
+            }
+            (None, None) => Ok(Vec::new()),
+        }
     }
 
     /// The largest frame body this node accepts: a key and a value at their limits plus framing.
@@ -313,6 +383,29 @@ impl NodeConfig {
             return Err(invalid("bloom_bits_per_key", "must be in 1..=32"));
         }
         self.shard_options(0).validate().map_err(|e| invalid("shard options", e.to_string()))?;
+        if self.seeds.len() > SEEDS_MAX {
+            return Err(invalid("seeds", format!("at most {SEEDS_MAX} seeds")));
+        }
+        self.seed_addrs()?;
+        let name_max = kvs_wire::peer::CLUSTER_NAME_BYTES_MAX;
+        if self.cluster_name.is_empty() || self.cluster_name.len() > name_max {
+            return Err(invalid("cluster_name", format!("must be 1..={name_max} bytes")));
+        }
+        if self.cluster_secret.as_ref().is_some_and(|s| s.len() > CLUSTER_SECRET_BYTES_MAX) {
+            return Err(invalid(
+                "cluster_secret",
+                format!("at most {CLUSTER_SECRET_BYTES_MAX} bytes"),
+            ));
+        }
+        if !(10..=60_000).contains(&self.gossip_interval_ms) {
+            return Err(invalid("gossip_interval_ms", "must be in 10..=60000"));
+        }
+        if !(self.phi_threshold >= 1.0 && self.phi_threshold <= 100.0) {
+            return Err(invalid("phi_threshold", "must be in 1..=100"));
+        }
+        if self.replication_factor == 0 || self.replication_factor > 16 {
+            return Err(invalid("replication_factor", "must be in 1..=16"));
+        }
         Ok(())
     }
 }
@@ -333,6 +426,25 @@ mod tests {
             let flag = format!("--{}", key.replace('_', "-"));
             assert!(tuning.contains(&flag), "tuning.md does not name the flag {flag}");
         }
+    }
+
+    #[test]
+    fn cluster_keys_parse_and_the_secret_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = format!(
+            "seeds = [\"127.0.0.2:7000\"]\ncluster_name = \"c1\"\ngossip_interval_ms = 100\n\
+             phi_threshold = 6.5\nreplication_factor = 2\ncluster_secret_file = {:?}",
+            file.display().to_string()
+        );
+        let c: NodeConfig = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.seed_addrs().unwrap(), vec!["127.0.0.2:7000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.cluster_secret_bytes().unwrap(), b"s3cret");
+        assert_eq!((c.gossip_interval_ms, c.phi_threshold, c.replication_factor), (100, 6.5, 2));
+        let both = NodeConfig { cluster_secret: Some("x".into()), ..c };
+        assert!(both.cluster_secret_bytes().is_err());
     }
 
     #[test]
@@ -391,6 +503,11 @@ mod tests {
             (NodeConfig { block_kb: 0, ..Default::default() }, "block_kb"),
             (NodeConfig { bloom_bits_per_key: 0, ..Default::default() }, "bloom_bits_per_key"),
             (NodeConfig { table_mb: 0, ..Default::default() }, "table_mb"),
+            (NodeConfig { seeds: vec!["nowhere".into()], ..Default::default() }, "seeds"),
+            (NodeConfig { cluster_name: String::new(), ..Default::default() }, "cluster_name"),
+            (NodeConfig { gossip_interval_ms: 1, ..Default::default() }, "gossip_interval_ms"),
+            (NodeConfig { phi_threshold: f64::NAN, ..Default::default() }, "phi_threshold"),
+            (NodeConfig { replication_factor: 0, ..Default::default() }, "replication_factor"),
         ];
         for (c, field) in cases {
             let err = c.validate().unwrap_err().to_string();

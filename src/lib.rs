@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `kvs` command (clap): `server`, `put`, `get`, `delete`, `topology`, `stats`,
-//!   `bench`.
+//!   `status`, `ring`, `bench`.
 //! - [`engine_bench`]: `kvs bench engine`, the db_bench-style benchmark of one shard engine.
 //! - [`config`]: [`config::NodeConfig`], from defaults, a TOML file and flags, with `validate()`.
 //! - [`node`]: bootstrap of the shard executors and the cluster core, pinning, shutdown.
@@ -14,7 +14,10 @@
 //!   shards, and the coordinator that stamps and executes requests.
 //! - [`stats_report`]: what `kvs stats` prints: totals, derived ratios, table and JSON.
 //! - [`cluster`]: pure state machines of the cluster: hybrid logical clock, phi-accrual
-//!   failure detector, gossip membership (not yet wired into the node).
+//!   failure detector, gossip membership.
+//! - [`transport`]: the glommio tasks around [`cluster`]: gossip exchanges over TCP on the
+//!   cluster core, their authentication, and the topology that follows membership.
+//! - [`status_report`]: what `kvs status` and `kvs ring` print.
 //!
 //! Below this crate: `kvs-wire` (protocol, placement, client), `kvs-shards` (the per-core
 //! storage engine) and `kvs-io` (direct I/O and group commit). `kvs-perf` holds the load harness.
@@ -26,3 +29,5 @@ pub mod engine_bench;
 pub mod node;
 pub mod shard;
 pub mod stats_report;
+pub mod status_report;
+pub mod transport;

@@ -111,7 +111,8 @@ fn client_and_raw_frames_carry_consistency() {
     let addr = server.addr.clone();
     on_executor(move || async move {
         let c = Client::connect(&addr, support::no_retry_client_opts()).await.unwrap();
-        assert_eq!(c.topology().replication_factor, 1);
+        // The configured N; on one node the effective N is 1 (one copy per node).
+        assert_eq!(c.topology().replication_factor, 3);
         let opts = PutOptions { ttl: None, consistency: Some(Consistency::All) };
         let s1 = c.put_with(b"ck", b"v1", opts).await.unwrap();
         let (v, s) = c.get_with(b"ck", Consistency::Count(1)).await.unwrap().unwrap();

@@ -56,7 +56,7 @@ impl Sim {
                 m
             })
             .collect();
-        let states: Vec<_> = nodes.iter().map(|m| m.view(0)[0].state).collect();
+        let states: Vec<_> = nodes.iter().map(|m| m.view(0)[0].state.clone()).collect();
         for m in &mut nodes {
             assert!(m.receive(0, NodeId(1), GossipMsg::Ack2 { states: states.clone() }).is_none());
             assert_eq!(m.len(), n);

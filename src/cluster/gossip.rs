@@ -22,8 +22,9 @@
 //! # Invariants
 //! - Merge rule: per node, the state with the higher [`Heartbeat`] `(generation, version)` wins
 //!   whole. A node is the only writer of its own state; a state about us from elsewhere is
-//!   ignored. The generation is chosen by the node at start (the next increment keeps it in the
-//!   data directory, as Cassandra uses the start time), so a restarted node beats its old self.
+//!   ignored. The generation is chosen by the node at start (the node keeps the last one in its
+//!   data directory and takes a larger one, as Cassandra uses the start time), so a restarted
+//!   node beats its old self.
 //! - A peer's detector measures when *we* saw its heartbeat advance, never its clock. A new
 //!   generation restarts its detector, since the downtime is not an inter-arrival interval.
 //! - Entries are kept sorted by [`NodeId`] and digests are sent sorted, so comparing a digest
@@ -34,12 +35,32 @@
 //!   [`Liveness`] (Alive, Suspect, Down) is each observer's own verdict from phi and is never
 //!   gossiped.
 //!
+//! - The topology version ([`Membership::topology_version`]) is a pure function of the states
+//!   known, so nodes that know the same states report the same version, and it only grows:
+//!   it is the sum, over every node heard from, of `generation * 4 + status` (status in
+//!   Joining 0, Up 1, Leaving 2, Left 3). A node's status only moves forward within a
+//!   generation and a restart takes a larger generation (the node keeps it in its data
+//!   directory), so each term only grows; nodes are never forgotten, so no term disappears.
+//!   Everything the topology shows of a node (address, shard ports, vnode count, status) is
+//!   fixed within a generation except the status, so the topology changes only when the
+//!   version does.
+//!
+//! # Node metadata: why the vnode count and not the tokens
+//! [`NodeMeta`] carries the node's shard ports and its vnode count, not its tokens. Tokens are
+//! `placement::vnode_tokens(id, count)`, a stable function of the id, so every receiver
+//! recomputes them; sending 150 tokens would put 1,200 bytes per node into every Ack, about
+//! ten times the rest of a state. The price: tokens chosen any other way (moved by an
+//! operator, or balanced at join) would need a format change, which the node-to-node format
+//! (`kvs_wire::peer`) allows with a new field.
+//!
 //! # Not yet
-//! This is the first increment of the cluster issue: the node does not run it, no transport
-//! carries [`GossipMsg`] (it has no wire format yet), Left nodes are never forgotten, and
-//! [`NodeMeta`] holds only counts until tokens, ports and the topology version join it.
+//! Left nodes are never forgotten (their term keeps the topology version monotone; a purge
+//! after a grace period, as Cassandra's, is for the decommission increment). Suspect/Down is
+//! each node's own verdict and does not change the topology: a down node keeps its tokens
+//! (hinted handoff, later, covers its writes).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use kvs_wire::placement::NodeId;
 use rand::seq::SliceRandom;
@@ -130,16 +151,27 @@ pub enum Liveness {
     Unknown,
 }
 
-/// Opaque payload for now: what other nodes need to route to this one. The next increment adds
-/// tokens, shard ports and the topology version.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What other nodes need to route to this one, fixed for a generation. The node's address is
+/// in [`NodeState::addr`]; its tokens are `placement::vnode_tokens(id, token_count)` (see the
+/// module docs for why the count is sent and not the tokens).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeMeta {
-    pub shard_count: u16,
+    /// The port of each shard, on the host of the node's address; its length is the shard
+    /// count. Shared, so a state is cheap to clone in a thousand-node simulation.
+    pub shard_ports: Arc<[u16]>,
+    /// The node's vnode count.
     pub token_count: u16,
 }
 
+impl NodeMeta {
+    /// The node's shard count.
+    pub fn shard_count(&self) -> usize {
+        self.shard_ports.len()
+    }
+}
+
 /// Everything gossiped about one node; replaced whole by a newer heartbeat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeState {
     pub id: NodeId,
     pub addr: SocketAddr,
@@ -166,8 +198,30 @@ pub enum GossipMsg {
     Ack2 { states: Vec<NodeState> },
 }
 
+impl Status {
+    /// The status's rank in its forward-only order, as used in the topology version.
+    pub fn rank(self) -> u64 {
+        match self {
+            Status::Joining => 0,
+            Status::Up => 1,
+            Status::Leaving => 2,
+            Status::Left => 3,
+        }
+    }
+}
+
+impl NodeState {
+    /// This state's term in [`Membership::topology_version`]; 0 for an unheard seed.
+    pub fn topology_term(&self) -> u64 {
+        if self.heartbeat == Heartbeat::default() {
+            return 0;
+        }
+        self.heartbeat.generation.saturating_mul(4).saturating_add(self.status.rank())
+    }
+}
+
 /// One line of [`Membership::view`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PeerView {
     pub state: NodeState,
     /// phi now (0 for ourselves and for seeds never heard from).
@@ -237,6 +291,30 @@ impl Membership {
         self.me
     }
 
+    /// A Syn with the digest of every node we know, without starting a round: for contacting
+    /// a seed whose id we do not know yet.
+    pub fn syn(&self) -> GossipMsg {
+        GossipMsg::Syn {
+            digests: self
+                .entries
+                .iter()
+                .map(|e| Digest { id: e.state.id, heartbeat: e.state.heartbeat })
+                .collect(),
+        }
+    }
+
+    /// The state we hold of `id`, if known.
+    pub fn state(&self, id: NodeId) -> Option<&NodeState> {
+        self.find(id).ok().and_then(|i| self.entries.get(i)).map(|e| &e.state)
+    }
+
+    /// The topology version of what we know: the sum of every known state's
+    /// [`NodeState::topology_term`] (see the module docs for why it only grows and why nodes
+    /// that know the same states agree on it).
+    pub fn topology_version(&self) -> u64 {
+        self.entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.state.topology_term()))
+    }
+
     /// Sets our own status (Joining -> Up -> Leaving -> Left), bumping the version.
     pub fn set_status(&mut self, status: Status) {
         let me = self.me_mut();
@@ -297,7 +375,8 @@ impl Membership {
                 let mut states = Vec::with_capacity(wants.len());
                 for id in wants {
                     while entries.next_if(|e| e.state.id.0 < id.0).is_some() {}
-                    states.extend(entries.next_if(|e| e.state.id.0 == id.0).map(|e| e.state));
+                    states
+                        .extend(entries.next_if(|e| e.state.id.0 == id.0).map(|e| e.state.clone()));
                 }
                 (!states.is_empty()).then_some(GossipMsg::Ack2 { states })
             }
@@ -315,7 +394,7 @@ impl Membership {
         self.entries
             .iter()
             .map(|e| PeerView {
-                state: e.state,
+                state: e.state.clone(),
                 phi: e.arrivals.as_ref().map_or(0.0, |a| a.phi(now_ms, &self.options.phi)),
                 liveness: self.liveness_of(e, now_ms),
             })
@@ -410,7 +489,7 @@ impl Membership {
                 Some(x) if x.heartbeat > e.state.heartbeat => wants.push(x.id),
                 Some(x) if x.heartbeat == e.state.heartbeat => {}
                 _ if e.state.heartbeat == Heartbeat::default() => {} // An unheard seed: nothing to tell.
-                _ => states.push(e.state),
+                _ => states.push(e.state.clone()),
             }
         }
         wants.extend(d.filter(|x| x.heartbeat > Heartbeat::default()).map(|x| x.id));
@@ -439,7 +518,7 @@ impl Membership {
                         continue;
                     }
                     let restarted = s.heartbeat.generation != e.state.heartbeat.generation;
-                    e.state = *s;
+                    e.state = s.clone();
                     match &mut e.arrivals {
                         Some(a) if !restarted => a.heartbeat(now_ms, &self.options.phi),
                         slot => *slot = Some(ArrivalWindow::new(now_ms, &self.options.phi)),
@@ -451,7 +530,7 @@ impl Membership {
                         continue;
                     }
                     let arrivals = Some(ArrivalWindow::new(now_ms, &self.options.phi));
-                    self.entries.insert(i, Entry { state: *s, arrivals });
+                    self.entries.insert(i, Entry { state: s.clone(), arrivals });
                 }
             }
         }
@@ -557,6 +636,29 @@ mod tests {
         };
         assert!(a.receive(0, NodeId(5), unsorted).is_none());
         assert_eq!(a.rejected(), 1);
+    }
+
+    #[test]
+    fn topology_version_agrees_and_only_grows() {
+        let (mut a, mut b) = (node(1, 10), node(2, 20));
+        let seen = a.topology_version();
+        assert_eq!(seen, 40);
+        exchange(&mut a, &mut b, 0);
+        assert_eq!(a.topology_version(), b.topology_version());
+        assert_eq!(a.topology_version(), 40 + 80);
+        // A heartbeat alone does not change it; a status change does, on both sides.
+        a.tick(1, &mut StdRng::seed_from_u64(3));
+        assert_eq!(a.topology_version(), 120);
+        b.set_status(Status::Up);
+        exchange(&mut b, &mut a, 2);
+        assert_eq!((a.topology_version(), b.topology_version()), (121, 121));
+        // A restart (Joining again, larger generation) still grows it.
+        let mut b2 = node(2, 21);
+        exchange(&mut b2, &mut a, 3);
+        assert_eq!(a.topology_version(), 40 + 84);
+        // An unheard seed counts for nothing.
+        a.add_seed(NodeId(7), SocketAddr::from(([127, 0, 0, 7], 7000)));
+        assert_eq!(a.topology_version(), 124);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Each machine takes messages, the current time (`now_ms`, any monotonic milliseconds) and,
 //! where it chooses at random, a seeded RNG as arguments, and returns decisions or messages for
 //! the caller to carry. So a deterministic test can drive a thousand of them in one process
-//! (`tests/gossip_sim.rs`), and the glommio tasks around them (the next increment) only move
-//! bytes.
+//! (`tests/gossip_sim.rs`), and the glommio tasks around them ([`crate::transport`]) only
+//! move bytes.
 //!
 //! # Parts
 //! - [`hlc`]: the hybrid logical clock that stamps writes.
@@ -17,11 +17,20 @@
 //!   push-pull exchange with `fanout` random live peers per round, and each observer's local
 //!   Alive/Suspect/Down verdict from [`phi`].
 //!
+//! # Wired into the node
+//! The cluster core of every node runs one [`gossip::Membership`] through
+//! [`crate::transport::GossipCore`]: authenticated Syn/Ack/Ack2 over TCP on the node port
+//! (format in `kvs_wire::peer`), and a topology rebuilt from the membership (Joining and Up
+//! nodes) whenever its version grows, published to every shard. `kvs status` and `kvs ring`
+//! read the membership through the `ClusterStatus` opcode.
+//!
 //! # Not yet
-//! Membership is not wired into the node: no transport carries gossip messages, which have no
-//! wire format yet, and the ring does not follow membership. The shard runs every request
-//! through [`quorum`] with a replica set of its own node only: requests to remote replicas
-//! (the fan-out), hints and Merkle trees join later increments of the cluster issue.
+//! No data moves between nodes: the shard runs every request through [`quorum`] with a
+//! replica set in which only its own node counts as alive, since no transport carries
+//! requests to remote replicas yet (the fan-out). A node announces Up at once (no streaming at
+//! join, so Joining is unused), there is no decommission (Leaving, Left) or removal of a dead
+//! node, and Left nodes are never forgotten. Hints and Merkle trees join later increments.
+//! Down is only each node's own verdict: nothing acts on it yet.
 
 pub mod gossip;
 pub mod hlc;

@@ -3,10 +3,14 @@
 //!
 //! ## Start
 //! 1. Validate the config, create the data directory and lock it (one process per directory).
-//! 2. Load the node id from `DATA/node-id`, or make one and store it atomically.
+//! 2. Load the node id from `DATA/node-id`, or make one and store it atomically; take a gossip
+//!    generation larger than the last one (`DATA/generation`, also stored atomically).
 //! 3. Bind every port on the main thread (so a port in use fails the start with a clear error,
 //!    and so the topology knows every port before any executor serves it).
-//! 4. Start the executors. Each shard opens its engine (WAL recovery) and reports ready; the
+//! 4. Build the membership (this node alone, status Up) and the topology it describes; the
+//!    cluster core runs gossip ([`crate::transport`]) and publishes every newer topology to
+//!    the shards.
+//! 5. Start the executors. Each shard opens its engine (WAL recovery) and reports ready; the
 //!    node prints one `kvs server ready ...` line on stdout once all have.
 //!
 //! ## Stop
@@ -27,11 +31,15 @@ use std::time::Duration;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 use kvs_shards::Engine;
-use kvs_wire::msg::{NodeInfo, TopologyResponse};
-use kvs_wire::placement::{vnode_tokens, NodeId};
+use kvs_wire::msg::TopologyResponse;
+use kvs_wire::peer::{ClusterKey, PEER_BODY_BYTES_MAX};
+use kvs_wire::placement::NodeId;
 
+use crate::cluster::gossip::{GossipOptions, Membership, NodeMeta, Status};
+use crate::cluster::phi::PhiOptions;
 use crate::config::{ConfigError, NodeConfig};
 use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
+use crate::transport::{topology_of, ClusterSettings, GossipCore};
 
 /// How long a failed start waits for the other executors before giving up on them.
 const FAILED_START_WAIT: Duration = Duration::from_secs(10);
@@ -50,6 +58,8 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("corrupt node id file {path}: {reason}")]
     BadNodeId { path: PathBuf, reason: String },
+    #[error("corrupt generation file {path}: {reason}")]
+    BadGeneration { path: PathBuf, reason: String },
     #[error("executor {index} failed: {reason}")]
     Executor { index: usize, reason: String },
 }
@@ -83,9 +93,25 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
     let data_dir = config.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
     let node_id = load_or_create_node_id(&data_dir)?;
+    let generation = next_generation(&data_dir)?;
+    let seeds = config.seed_addrs()?;
+    let secret = config.cluster_secret_bytes()?;
+    if !seeds.is_empty() && secret.is_empty() {
+        tracing::warn!(
+            "no cluster secret: any process that knows the cluster name can join; set \
+             cluster_secret_file"
+        );
+    }
 
     let shards = config.shard_count();
     let listen = config.listen_addr()?;
+    if listen.ip().is_unspecified() && !seeds.is_empty() {
+        tracing::warn!(
+            %listen,
+            "listening on an unspecified address: peers will be told to gossip to {listen}, \
+             which only works on one host; listen on an address they can reach"
+        );
+    }
     let node_listener = bind(listen)?;
     let node_addr =
         node_listener.local_addr().map_err(|source| NodeError::Bind { addr: listen, source })?;
@@ -98,23 +124,42 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         shard_ports.push(bound.port());
         shard_listeners.push(l);
     }
-    let topology = Arc::new(TopologyResponse {
-        version: 1,
-        self_id: node_id,
-        replication_factor: 1,
-        nodes: vec![NodeInfo {
-            id: node_id,
-            addr: node_addr.to_string(),
-            shard_ports: shard_ports.clone(),
-            tokens: vnode_tokens(NodeId(node_id), config.vnodes).into_iter().map(|t| t.0).collect(),
-        }],
-    });
+    let gossip_options = GossipOptions {
+        phi: PhiOptions {
+            threshold: config.phi_threshold,
+            bootstrap_interval_ms: u32::try_from(config.gossip_interval_ms).unwrap_or(u32::MAX),
+            ..PhiOptions::default()
+        },
+        suspect_phi: GossipOptions::default().suspect_phi.min(config.phi_threshold),
+        ..GossipOptions::default()
+    };
+    gossip_options
+        .validate()
+        .map_err(|e| ConfigError::Invalid { field: "phi_threshold", reason: e.to_string() })?;
+    let meta = NodeMeta { shard_ports: Arc::from(shard_ports.clone()), token_count: config.vnodes };
+    let mut membership =
+        Membership::new(NodeId(node_id), node_addr, generation, meta, gossip_options);
+    // Nothing is streamed at join yet, so the node serves its ranges at once.
+    membership.set_status(Status::Up);
+    let topology = Arc::new(topology_of(&membership, config.replication_factor));
+    let mut cluster = Some((
+        ClusterSettings {
+            addr: node_addr,
+            seeds,
+            key: ClusterKey::derive(&config.cluster_name, &secret),
+            cluster_name: config.cluster_name.clone(),
+            gossip_interval_ms: config.gossip_interval_ms,
+            replication_factor: config.replication_factor,
+        },
+        membership,
+    ));
     let settings = ShardSettings {
         node_id,
         shard_count: shards,
         key_bytes_max: config.key_bytes_max,
         value_bytes_max: config.value_bytes_max,
         frame_body_bytes_max: config.frame_body_bytes_max(),
+        peer_body_bytes_max: config.frame_body_bytes_max(),
         connection_inflight_max: config.connection_inflight_max,
         connections_max: config.connections_max,
     };
@@ -138,10 +183,18 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         } else {
             "kvs-cluster".to_string()
         };
+        let is_shard = index < usize::from(shards);
+        let mut executor_settings = settings.clone();
+        if !is_shard {
+            // The node port also carries gossip, whose bodies may exceed a client frame.
+            executor_settings.peer_body_bytes_max =
+                executor_settings.frame_body_bytes_max.max(PEER_BODY_BYTES_MAX);
+        }
         let job = ExecutorJob {
             index,
-            is_shard: index < usize::from(shards),
-            settings: settings.clone(),
+            is_shard,
+            cluster: if is_shard { None } else { cluster.take() },
+            settings: executor_settings,
             shard_options: config.shard_options(u16::try_from(index).unwrap_or(0)),
             topology: topology.clone(),
             listener_fd: listener.into_raw_fd(),
@@ -270,6 +323,8 @@ impl Drop for StartGuard {
 struct ExecutorJob {
     index: usize,
     is_shard: bool,
+    /// The cluster core's gossip settings and membership; `None` on shards.
+    cluster: Option<(ClusterSettings, Membership)>,
     settings: ShardSettings,
     shard_options: kvs_shards::ShardOptions,
     topology: Arc<TopologyResponse>,
@@ -360,6 +415,12 @@ impl ExecutorJob {
                 }
             })
             .detach();
+        }
+        if let Some((settings, membership)) = self.cluster {
+            let version = ctx.topology().version;
+            let core = GossipCore::new(settings, membership, Rc::downgrade(&ctx), version);
+            ctx.set_peer_service(core.clone());
+            glommio::spawn_local(core.run()).detach();
         }
         let accept = glommio::spawn_local(serve_listener(ctx.clone(), listener));
         guard.report_ready(Ok(note));
@@ -485,6 +546,37 @@ fn load_or_create_node_id(dir: &Path) -> Result<u64, NodeError> {
     }
 }
 
+/// Reads the last gossip generation from `DATA/generation` and stores a larger one: the
+/// current Unix time in seconds, or the last plus one when the clock says less (a restart
+/// within the same second, or a clock stepped back). Stored atomically, like the node id.
+fn next_generation(dir: &Path) -> Result<u64, NodeError> {
+    let path = dir.join("generation");
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| NodeError::BadGeneration {
+            path: path.clone(),
+            reason: format!("{:?} is not a generation number", text.trim()),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io_err("reading", &path)(e)),
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let next = now_s.max(last.saturating_add(1)).max(1);
+    let tmp = dir.join("generation.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    writeln!(f, "{next}").map_err(io_err("writing", &tmp))?;
+    // IMPORTANT: fsync, rename, fsync the directory: a restarted node must never reuse a
+    // generation its peers have seen, or its new state would lose to its old one.
+    f.sync_all().map_err(io_err("syncing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("renaming to", &path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))?;
+    Ok(next)
+}
+
 /// A random non-zero id from the std hasher's per-process random keys, the time and the pid.
 fn new_node_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -511,6 +603,16 @@ mod tests {
         assert_eq!(a, b);
         std::fs::write(dir.path().join("node-id"), "zz").unwrap();
         assert!(matches!(load_or_create_node_id(dir.path()), Err(NodeError::BadNodeId { .. })));
+    }
+
+    #[test]
+    fn generation_grows_on_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = next_generation(dir.path()).unwrap();
+        let b = next_generation(dir.path()).unwrap();
+        assert!(b > a && a > 1_000_000_000, "{a} {b}");
+        std::fs::write(dir.path().join("generation"), format!("{}\n", u64::MAX / 2)).unwrap();
+        assert_eq!(next_generation(dir.path()).unwrap(), u64::MAX / 2 + 1);
     }
 
     #[test]

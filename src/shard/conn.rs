@@ -172,6 +172,7 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     };
 
     let body_max = ctx.settings.frame_body_bytes_max;
+    let peer_body_max = ctx.settings.peer_body_bytes_max.max(body_max);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let inflight_max = ctx.settings.connection_inflight_max;
@@ -183,7 +184,18 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
                 break;
             }
             let Some(avail) = buf.get(start..) else { break };
-            let header = match FrameHeader::decode(avail, body_max) {
+            let header = match FrameHeader::decode(avail, peer_body_max) {
+                // Only node-to-node frames may use the larger bound.
+                Ok(h) if h.body_len > body_max && !is_peer_opcode(h.opcode) => {
+                    bump(&ctx.counters.invalid_frames);
+                    let e = FrameError::TooLarge { len: h.body_len, max: body_max };
+                    out.push_error(
+                        h.request_id,
+                        ErrorCode::TooLarge,
+                        format!("{e}; closing connection"),
+                    );
+                    break 'conn;
+                }
                 Ok(h) => h,
                 Err(FrameError::Incomplete { .. }) => break,
                 Err(e) => {
@@ -236,6 +248,10 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     writer.await;
 }
 
+fn is_peer_opcode(op: Opcode) -> bool {
+    matches!(op, Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ClusterStatus)
+}
+
 fn request_id_of(header: &[u8]) -> u64 {
     header.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0)
 }
@@ -255,7 +271,7 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
         }
         Opcode::Topology => {
             let mut b = out.buf.borrow_mut();
-            if msg::write_frame(&mut b, Opcode::Topology, true, id, &*ctx.topology).is_err() {
+            if msg::write_frame(&mut b, Opcode::Topology, true, id, &*ctx.topology()).is_err() {
                 msg::write_error(&mut b, id, ErrorCode::Internal, "cannot encode topology");
             }
             drop(b);
@@ -274,6 +290,22 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
                 out.finish_one();
             })
             .detach();
+        }
+        Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ClusterStatus => {
+            match ctx.peer_service() {
+                Some(service) => {
+                    service.handle(header.opcode, id, &body, &mut out.buf.borrow_mut());
+                    out.wake_writer.notify();
+                }
+                None => {
+                    bump(&ctx.counters.invalid_frames);
+                    out.push_error(
+                        id,
+                        ErrorCode::InvalidRequest,
+                        format!("{:?} is served on the node-level port only", header.opcode),
+                    );
+                }
+            }
         }
         Opcode::Error => {
             bump(&ctx.counters.invalid_frames);

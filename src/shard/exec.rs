@@ -246,8 +246,11 @@ impl ExecutorCtx {
             Refusal::from((ErrorCode::Internal, format!("encoding response: {e}")))
         };
         let access = if opcode == Opcode::Get { Access::Read } else { Access::Write };
-        let needed =
-            self.quorum.required(consistency, access).map_err(|e| consistency_refusal(&e))?;
+        let needed = self
+            .placement()
+            .quorum
+            .required(consistency, access)
+            .map_err(|e| consistency_refusal(&e))?;
         let replicas = self.replica_set(token);
         match opcode {
             Opcode::Get => {

@@ -28,6 +28,18 @@
 //!
 //! A Stats request is answered by the executor it lands on, which gathers every shard's
 //! counters over the same channels (see [`stats`]).
+//!
+//! ## Topology
+//! Every executor answers Topology requests from its own copy of the topology, an
+//! `Arc<TopologyResponse>` in a `RefCell` that only its executor touches (no lock). The cluster
+//! core builds a new one when membership changes and sends it to every shard as a
+//! [`ShardMsg::Topology`] ([`ExecutorCtx::publish_topology`]); an executor keeps the one with
+//! the highest version, so messages that overtake each other do no harm.
+//!
+//! ## Node-to-node requests
+//! Gossip and cluster-status frames (`GossipSyn`, `GossipAck2`, `ClusterStatus`) are handed to
+//! the executor's [`PeerService`], which only the cluster core has (it serves the node-level
+//! port); a shard port answers them with `InvalidRequest`.
 
 mod conn;
 mod exec;
@@ -63,6 +75,15 @@ pub enum ShardMsg {
     StatsRequest { from: usize, corr: u64 },
     /// Shard `shard`'s named counters for the stats gather `corr`.
     StatsReply { corr: u64, shard: u32, counters: Vec<(String, u64)> },
+    /// A newer topology, from the cluster core.
+    Topology(Arc<TopologyResponse>),
+}
+
+/// Serves node-to-node frames on the executor that has one (the cluster core).
+pub trait PeerService {
+    /// Answers one request frame (`opcode`, `request_id`, validated header, raw `body`) by
+    /// appending exactly one response frame to `out`. Never panics on any body.
+    fn handle(&self, opcode: Opcode, request_id: u64, body: &AlignedVec, out: &mut Vec<u8>);
 }
 
 /// Settings every executor needs, fixed at start.
@@ -73,6 +94,9 @@ pub struct ShardSettings {
     pub key_bytes_max: u32,
     pub value_bytes_max: u32,
     pub frame_body_bytes_max: u32,
+    /// Bound on a node-to-node frame's body (gossip), at least `frame_body_bytes_max`; larger
+    /// on the cluster core only, and only for the node-to-node opcodes.
+    pub peer_body_bytes_max: u32,
     pub connection_inflight_max: usize,
     pub connections_max: usize,
 }
@@ -99,6 +123,33 @@ fn bump(c: &Cell<u64>) {
     c.set(c.get().wrapping_add(1));
 }
 
+/// A topology and what requests derive from it.
+struct Placement {
+    topology: Arc<TopologyResponse>,
+    /// The ring of `topology`'s nodes, for replica sets.
+    ring: Ring,
+    /// The effective N and the default consistencies. N is the configured replication factor,
+    /// but at most the number of nodes in the ring: a cluster smaller than N keeps one copy
+    /// per node, and consistency counts are taken over the copies that exist (so a single
+    /// node on defaults serves quorum requests).
+    quorum: QuorumOptions,
+}
+
+impl Placement {
+    fn new(topology: Arc<TopologyResponse>) -> Placement {
+        let ring = Ring::new(
+            topology
+                .nodes
+                .iter()
+                .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect())),
+        );
+        let nodes = u8::try_from(ring.node_count()).unwrap_or(u8::MAX).max(1);
+        let n = topology.replication_factor.clamp(1, nodes);
+        let quorum = QuorumOptions::with_replication_factor(n);
+        Placement { topology, ring, quorum }
+    }
+}
+
 /// One executor's state. Lives on its executor only (`Rc`), shared by its tasks.
 pub struct ExecutorCtx {
     /// This executor's index: shards are `0..shard_count`, the cluster core is `shard_count`.
@@ -107,11 +158,11 @@ pub struct ExecutorCtx {
     /// The storage engine; `None` on the cluster core.
     pub engine: Option<Rc<Engine>>,
     hlc: RefCell<Hlc>,
-    topology: Arc<TopologyResponse>,
-    /// The ring of `topology`, for replica sets.
-    ring: Ring,
-    /// N from `topology` and the default consistencies.
-    quorum: QuorumOptions,
+    /// The topology served to clients, with its ring and quorum settings; replaced (all
+    /// three at once) by newer topologies from the cluster core.
+    placement: RefCell<Rc<Placement>>,
+    /// Gossip and cluster status; set on the cluster core only.
+    peer_service: RefCell<Option<Rc<dyn PeerService>>>,
     /// Senders to every other executor, by index (`None` at our own index).
     peers: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Forwarded requests awaiting their response: corr -> the client connection to answer.
@@ -141,21 +192,13 @@ impl ExecutorCtx {
     ) -> ExecutorCtx {
         let mut hlc = Hlc::new();
         hlc.observe(hlc_floor);
-        let ring = Ring::new(
-            topology
-                .nodes
-                .iter()
-                .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect())),
-        );
-        let quorum = QuorumOptions::with_replication_factor(topology.replication_factor.max(1));
         ExecutorCtx {
             index,
             settings,
             engine,
             hlc: RefCell::new(hlc),
-            topology,
-            ring,
-            quorum,
+            placement: RefCell::new(Rc::new(Placement::new(topology))),
+            peer_service: RefCell::new(None),
             peers,
             pending: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
@@ -166,6 +209,48 @@ impl ExecutorCtx {
             conn_closed: Notify::default(),
             counters: ShardCounters::default(),
         }
+    }
+
+    /// The topology this executor serves now.
+    pub fn topology(&self) -> Arc<TopologyResponse> {
+        self.placement.borrow().topology.clone()
+    }
+
+    /// The topology with its ring and quorum settings.
+    fn placement(&self) -> Rc<Placement> {
+        self.placement.borrow().clone()
+    }
+
+    /// Keeps `topology` (and rebuilds the ring from it) if it is newer than the one held.
+    pub fn set_topology(&self, topology: Arc<TopologyResponse>) {
+        if topology.version > self.placement.borrow().topology.version {
+            *self.placement.borrow_mut() = Rc::new(Placement::new(topology));
+        }
+    }
+
+    /// Serves `topology` here and sends it to every other executor of the node.
+    pub fn publish_topology(self: &Rc<Self>, topology: Arc<TopologyResponse>) {
+        self.set_topology(topology.clone());
+        for i in 0..self.peers.len() {
+            let ctx = self.clone();
+            let t = topology.clone();
+            glommio::spawn_local(async move {
+                if let Some(Some(peer)) = ctx.peers.get(i) {
+                    // The receiver never blocks on us, so awaiting room cannot deadlock.
+                    let _ = peer.send(ShardMsg::Topology(t)).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Installs the handler of node-to-node frames (the cluster core's gossip).
+    pub fn set_peer_service(&self, service: Rc<dyn PeerService>) {
+        *self.peer_service.borrow_mut() = Some(service);
+    }
+
+    fn peer_service(&self) -> Option<Rc<dyn PeerService>> {
+        self.peer_service.borrow().clone()
     }
 
     /// Raises the shutdown latch and tells every open connection to stop reading.
@@ -207,9 +292,10 @@ impl ExecutorCtx {
     /// carries requests to peers yet.
     fn replica_set(&self, token: Token) -> Vec<Replica> {
         let me = NodeId(self.settings.node_id);
-        let mut set: Vec<Replica> = self
+        let p = self.placement();
+        let mut set: Vec<Replica> = p
             .ring
-            .replicas(token, usize::from(self.quorum.replication_factor))
+            .replicas(token, usize::from(p.quorum.replication_factor))
             .into_iter()
             .map(|node| Replica { node, alive: node == me })
             .collect();
@@ -249,6 +335,7 @@ impl ExecutorCtx {
             ShardMsg::StatsReply { corr, shard, counters } => {
                 self.on_stats_reply(corr, shard, counters)
             }
+            ShardMsg::Topology(topology) => self.set_topology(topology),
         }
     }
 }

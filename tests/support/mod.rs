@@ -25,6 +25,8 @@ pub struct Server {
     child: Option<Child>,
     /// The node-level address, `127.0.0.1:PORT`.
     pub addr: String,
+    /// The node id, 16 hex digits, from the ready line.
+    pub node_id: String,
     pub shard_ports: Vec<u16>,
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
@@ -34,8 +36,13 @@ impl Server {
     /// Starts a server on ephemeral ports with `data_dir` and extra flags, and waits until it
     /// prints its ready line (at most 60 s).
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_at("127.0.0.1:0", data_dir, extra)
+    }
+
+    /// Like [`Server::start`], listening on `listen` (for example `127.0.0.2:0`).
+    pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
         let mut cmd = Command::new(kvs_bin());
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -79,8 +86,16 @@ impl Server {
                 .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
         };
         let addr = field("listen");
+        let node_id = field("node");
         let shard_ports = field("shard_ports").split(',').map(|p| p.parse().unwrap()).collect();
-        Server { child: Some(child), addr, shard_ports, data_dir: data_dir.to_path_buf(), stderr }
+        Server {
+            child: Some(child),
+            addr,
+            node_id,
+            shard_ports,
+            data_dir: data_dir.to_path_buf(),
+            stderr,
+        }
     }
 
     /// Everything the server wrote to stderr so far.

@@ -35,6 +35,15 @@ pub enum Opcode {
     Delete = 5,
     /// Every shard's engine counters, from any port of a node. Empty request body.
     Stats = 6,
+    /// Node to node, on the node-level port: opens a gossip exchange; the body is a
+    /// `peer::PeerEnvelope` of a Syn, the response one of an Ack.
+    GossipSyn = 0x20,
+    /// Node to node: the last step of an exchange; the body is a `peer::PeerEnvelope` of an
+    /// Ack2, the response is empty.
+    GossipAck2 = 0x21,
+    /// The membership as the answering node sees it (`kvs status`, `kvs ring`), from its
+    /// node-level port. Empty request body; the response is a `peer::ClusterStatusResponse`.
+    ClusterStatus = 0x22,
     /// An error response; body is an `ErrorResponse`.
     Error = 0x7F,
 }
@@ -42,13 +51,16 @@ pub enum Opcode {
 impl Opcode {
     /// Every opcode, for tests and documentation. The numbers are part of the protocol: never
     /// renumber, only add.
-    pub const ALL: [Opcode; 7] = [
+    pub const ALL: [Opcode; 10] = [
         Opcode::Ping,
         Opcode::Topology,
         Opcode::Get,
         Opcode::Put,
         Opcode::Delete,
         Opcode::Stats,
+        Opcode::GossipSyn,
+        Opcode::GossipAck2,
+        Opcode::ClusterStatus,
         Opcode::Error,
     ];
 
@@ -61,6 +73,9 @@ impl Opcode {
             4 => Some(Opcode::Put),
             5 => Some(Opcode::Delete),
             6 => Some(Opcode::Stats),
+            0x20 => Some(Opcode::GossipSyn),
+            0x21 => Some(Opcode::GossipAck2),
+            0x22 => Some(Opcode::ClusterStatus),
             0x7F => Some(Opcode::Error),
             _ => None,
         }
@@ -187,7 +202,7 @@ mod tests {
     #[test]
     fn opcode_numbers_are_stable() {
         let numbers: Vec<u8> = Opcode::ALL.iter().map(|op| *op as u8).collect();
-        assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6, 0x7F]);
+        assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6, 0x20, 0x21, 0x22, 0x7F]);
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_u8(op as u8), Some(op));
             assert_eq!(Opcode::from_u8(op as u8 | RESPONSE_BIT), Some(op));

@@ -6,6 +6,8 @@
 //!   the codec that cuts a byte stream into frames, telling `Incomplete` from `Invalid`.
 //! - [`msg`]: the request and response bodies as rkyv archives. Bodies are always accessed with
 //!   validation ([`msg::access`]); a body from a socket is never trusted.
+//! - [`peer`]: node-to-node bodies: authenticated gossip (Syn, Ack, Ack2) and the cluster
+//!   status an operator reads.
 //! - [`error`]: the stable [`ErrorCode`]s every failure maps to, with a readable message.
 //! - [`limits`]: the protocol's hard bounds (frame size) and the configurable defaults
 //!   (key and value size) that servers enforce.
@@ -47,6 +49,7 @@ pub mod error;
 pub mod frame;
 pub mod limits;
 pub mod msg;
+pub mod peer;
 pub mod placement;
 
 #[cfg(feature = "client")]
