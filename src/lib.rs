@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dev_cluster;
 pub mod engine_bench;
 pub mod node;
 pub mod shard;
