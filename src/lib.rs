@@ -27,3 +27,4 @@ pub mod engine_bench;
 pub mod node;
 pub mod shard;
 pub mod stats_report;
+pub mod transport;

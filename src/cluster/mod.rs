@@ -20,6 +20,7 @@
 //! Merkle trees join later increments of the cluster issue.
 
 pub mod gossip;
+pub mod hints;
 pub mod hlc;
 pub mod phi;
 
