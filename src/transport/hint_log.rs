@@ -571,14 +571,13 @@ mod tests {
             let now = move || start.elapsed().as_millis() as u64;
             let r = log.replay(3, now, |_| async { Ok(()) }).await.unwrap();
             assert_eq!(r.sent, 200);
-            // ~45 KB at 20 KB/s after a 20 KB burst: the bucket asked for about 1.2 s of
-            // pauses (asserted on the decision, not on elapsed time).
-            let expected_ms = (bytes - 20_000) * 1000 / 20_000;
-            assert!(
-                r.paced_ms + 100 >= expected_ms,
-                "paced {} ms, expected ~{expected_ms}",
-                r.paced_ms
-            );
+            assert!(r.paced_ms > 0, "the bucket asked for pauses");
+            // A bucket of 20 KB/s with a 1 s burst can have sent at most 20 KB + 20 KB/s x t
+            // by time t, however slow or fast the machine: a lower bound, so noise cannot
+            // fail it; only broken pacing can.
+            let floor_ms = (bytes - 20_000) * 1000 / 20_000;
+            let took_ms = start.elapsed().as_millis() as u64;
+            assert!(took_ms + 5 >= floor_ms, "{bytes} bytes in {took_ms} ms");
         });
     }
 
