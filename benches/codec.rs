@@ -4,12 +4,18 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use kvs_wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 use kvs_wire::msg::{
-    self, AlignedVec, ArchivedGetResponse, ArchivedPutRequest, GetResponse, PutRequest, Stamp,
+    self, AlignedVec, ArchivedGetResponse, ArchivedPutRequest, Consistency, GetResponse,
+    PutRequest, Stamp,
 };
 use kvs_wire::{FrameHeader, Opcode};
 
 fn codec(c: &mut Criterion) {
-    let put = PutRequest { key: b"k000000000000042".to_vec(), value: vec![b'.'; 100], ttl_ms: 0 };
+    let put = PutRequest {
+        key: b"k000000000000042".to_vec(),
+        value: vec![b'.'; 100],
+        ttl_ms: 0,
+        consistency: Consistency::Default,
+    };
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
     let mut out = Vec::with_capacity(4096);

@@ -6,13 +6,17 @@
 //! message on stderr.
 //! `bench`: 0 when every operation succeeded; 1 when any failed or did not verify (the report
 //! is still printed and written); 2 when the run could not be done (bad flags, no connection).
+//!
+//! `Unavailable` and `Timeout` errors print their replica counts first, as in
+//! `error: Unavailable: needed 2, alive 1 (too few replicas alive for w = 2)` and
+//! `error: Timeout: 1 of 2 acknowledged (...)`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use kvs_wire::client::{Client, ClientError, ClientOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvs_wire::client::{Client, ClientError, ClientOptions, Consistency, ErrorDetail, PutOptions};
 
 use crate::config::{CompactionSetting, CompressionSetting, NodeConfig, SyncSetting};
 
@@ -27,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node. With no flags: a single-node store on 127.0.0.1:7000 with data in ./kvs-data.
     Server(ServerArgs),
-    /// Write a value. `kvs put KEY -` reads the value from stdin.
+    /// Write a value. `kvs put KEY -` reads the value from stdin. Succeeds once W replicas
+    /// acknowledged (`--consistency` or `--w`).
     Put {
         key: String,
         value: String,
@@ -36,17 +41,24 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         ttl: Option<u64>,
         #[command(flatten)]
-        conn: ConnArgs,
-    },
-    /// Print a key's value to stdout (raw bytes). Exits 1 if the key is missing.
-    Get {
-        key: String,
+        consistency: WriteConsistencyArgs,
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Delete a key.
+    /// Print a key's value to stdout (raw bytes): the newest of the R replicas that answered
+    /// (`--consistency` or `--r`). Exits 1 if the key is missing.
+    Get {
+        key: String,
+        #[command(flatten)]
+        consistency: ReadConsistencyArgs,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete a key. Succeeds once W replicas acknowledged (`--consistency` or `--w`).
     Delete {
         key: String,
+        #[command(flatten)]
+        consistency: WriteConsistencyArgs,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -106,6 +118,73 @@ pub struct ConnArgs {
     /// Per-attempt request timeout, milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+}
+
+/// A named consistency level for `--consistency`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsistencyLevel {
+    /// One replica.
+    One,
+    /// A majority of the N replicas (2 of 3).
+    Quorum,
+    /// All N replicas.
+    All,
+}
+
+impl ConsistencyLevel {
+    fn to_wire(self) -> Consistency {
+        match self {
+            ConsistencyLevel::One => Consistency::One,
+            ConsistencyLevel::Quorum => Consistency::Quorum,
+            ConsistencyLevel::All => Consistency::All,
+        }
+    }
+}
+
+/// How many replicas must answer a read: a level or a count, not both.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReadConsistencyArgs {
+    /// Replicas that must answer [default: the node's default, a quorum].
+    #[arg(long, value_enum, value_name = "LEVEL", conflicts_with = "r")]
+    pub consistency: Option<ConsistencyLevel>,
+    /// R: this many replicas must answer, 1 up to the replication factor N (a node refuses
+    /// more, naming N).
+    #[arg(long = "r", value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub r: Option<u8>,
+}
+
+impl ReadConsistencyArgs {
+    /// The request's consistency; `Default` (the node's) when no flag is given.
+    pub fn to_wire(&self) -> Consistency {
+        match (self.consistency, self.r) {
+            (Some(level), _) => level.to_wire(),
+            (None, Some(n)) => Consistency::Count(n),
+            (None, None) => Consistency::Default,
+        }
+    }
+}
+
+/// How many replicas must acknowledge a write: a level or a count, not both.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WriteConsistencyArgs {
+    /// Replicas that must acknowledge [default: the node's default, a quorum].
+    #[arg(long, value_enum, value_name = "LEVEL", conflicts_with = "w")]
+    pub consistency: Option<ConsistencyLevel>,
+    /// W: this many replicas must acknowledge, 1 up to the replication factor N (a node
+    /// refuses more, naming N).
+    #[arg(long = "w", value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub w: Option<u8>,
+}
+
+impl WriteConsistencyArgs {
+    /// The request's consistency; `Default` (the node's) when no flag is given.
+    pub fn to_wire(&self) -> Consistency {
+        match (self.consistency, self.w) {
+            (Some(level), _) => level.to_wire(),
+            (None, Some(n)) => Consistency::Count(n),
+            (None, None) => Consistency::Default,
+        }
+    }
 }
 
 /// Flags of `kvs server`. Each overrides the same key of the config file.
@@ -345,26 +424,27 @@ pub fn run() -> i32 {
                 }
             }
         }
-        Command::Put { key, value, ttl, conn } => client_command(&conn, move |c| async move {
-            let value = if value == "-" {
-                let mut buf = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut buf)
-                    .map_err(|e| ClientError::Protocol(format!("reading stdin: {e}")))?;
-                buf
-            } else {
-                value.into_bytes()
-            };
-            match ttl {
-                Some(secs) => {
-                    c.put_with_ttl(key.as_bytes(), &value, Duration::from_secs(secs)).await?
-                }
-                None => c.put(key.as_bytes(), &value).await?,
-            };
-            Ok(0)
-        }),
-        Command::Get { key, conn } => client_command(&conn, move |c| async move {
-            match c.get(key.as_bytes()).await? {
+        Command::Put { key, value, ttl, consistency, conn } => {
+            client_command(&conn, move |c| async move {
+                let value = if value == "-" {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| ClientError::Protocol(format!("reading stdin: {e}")))?;
+                    buf
+                } else {
+                    value.into_bytes()
+                };
+                let opts = PutOptions {
+                    ttl: ttl.map(Duration::from_secs),
+                    consistency: Some(consistency.to_wire()),
+                };
+                c.put_with(key.as_bytes(), &value, opts).await?;
+                Ok(0)
+            })
+        }
+        Command::Get { key, consistency, conn } => client_command(&conn, move |c| async move {
+            match c.get_with(key.as_bytes(), consistency.to_wire()).await? {
                 Some((value, _stamp)) => {
                     let mut out = std::io::stdout().lock();
                     out.write_all(&value)
@@ -378,8 +458,8 @@ pub fn run() -> i32 {
                 }
             }
         }),
-        Command::Delete { key, conn } => client_command(&conn, move |c| async move {
-            c.delete(key.as_bytes()).await?;
+        Command::Delete { key, consistency, conn } => client_command(&conn, move |c| async move {
+            c.delete_with(key.as_bytes(), consistency.to_wire()).await?;
             Ok(0)
         }),
         Command::Topology { conn } => client_command(&conn, move |c| async move {
@@ -446,12 +526,109 @@ where
     match outcome {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("error: {}: {e}", e.code());
+            eprintln!("error: {}", error_line(&e));
             2
         }
         Err(e) => {
             eprintln!("error: Internal: {e}");
             2
         }
+    }
+}
+
+/// How a client error is printed after `error: `: its stable code first; for a server's answer
+/// the replica counts of `Unavailable` and `Timeout` next, then the server's message.
+fn error_line(e: &ClientError) -> String {
+    match e {
+        ClientError::Server { code, message, detail } => match (detail, message.is_empty()) {
+            (ErrorDetail::None, _) => format!("{code}: {message}"),
+            (detail, true) => format!("{code}: {detail}"),
+            (detail, false) => format!("{code}: {detail} ({message})"),
+        },
+        e => format!("{}: {e}", e.code()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvs_wire::ErrorCode;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kvs").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn consistency_flags_parse_to_the_wire_consistency() {
+        let get = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Get { consistency, .. } => consistency.to_wire(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(get(&["get", "k"]), Consistency::Default);
+        assert_eq!(get(&["get", "k", "--consistency", "all"]), Consistency::All);
+        assert_eq!(get(&["get", "k", "--consistency", "one"]), Consistency::One);
+        assert_eq!(get(&["get", "k", "--r", "2"]), Consistency::Count(2));
+        let put = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Put { consistency, .. } => consistency.to_wire(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(put(&["put", "k", "v", "--consistency", "quorum"]), Consistency::Quorum);
+        assert_eq!(put(&["put", "k", "v", "--w", "3", "--ttl", "5"]), Consistency::Count(3));
+        match parse(&["delete", "k", "--w", "1"]).unwrap().command {
+            Command::Delete { consistency, .. } => {
+                assert_eq!(consistency.to_wire(), Consistency::Count(1))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn conflicting_or_misplaced_consistency_flags_are_refused() {
+        for args in [
+            &["get", "k", "--consistency", "all", "--r", "1"][..],
+            &["put", "k", "v", "--w", "1", "--consistency", "one"],
+            &["delete", "k", "--consistency", "quorum", "--w", "2"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{args:?}");
+            assert!(err.to_string().contains("cannot be used with"), "{err}");
+        }
+        // R belongs to reads and W to writes; 0 and unknown levels are refused.
+        for args in [
+            &["get", "k", "--w", "1"][..],
+            &["put", "k", "v", "--r", "1"],
+            &["get", "k", "--r", "0"],
+            &["put", "k", "v", "--w", "256"],
+            &["get", "k", "--consistency", "two"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn replica_counts_are_printed_first() {
+        let e = ClientError::Server {
+            code: ErrorCode::Unavailable,
+            message: "too few replicas alive for w = 2".into(),
+            detail: ErrorDetail::Unavailable { needed: 2, alive: 1 },
+        };
+        assert_eq!(
+            error_line(&e),
+            "Unavailable: needed 2, alive 1 (too few replicas alive for w = 2)"
+        );
+        let e = ClientError::Server {
+            code: ErrorCode::Timeout,
+            message: String::new(),
+            detail: ErrorDetail::Timeout { acknowledged: 1, needed: 2 },
+        };
+        assert_eq!(error_line(&e), "Timeout: 1 of 2 acknowledged");
+        let e = ClientError::Server {
+            code: ErrorCode::InvalidRequest,
+            message: "w = 2 exceeds the replication factor 1".into(),
+            detail: ErrorDetail::None,
+        };
+        assert_eq!(error_line(&e), "InvalidRequest: w = 2 exceeds the replication factor 1");
+        let e = ClientError::InvalidRequest("a TTL must be positive".into());
+        assert_eq!(error_line(&e), "InvalidRequest: invalid request: a TTL must be positive");
     }
 }

@@ -11,7 +11,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use kvs_wire::frame::{FrameHeader, MAGIC};
-use kvs_wire::msg::{self, ArchivedErrorResponse, ArchivedGetResponse, GetRequest, PutRequest};
+use kvs_wire::msg::{
+    self, ArchivedErrorResponse, ArchivedGetResponse, Consistency, GetRequest, PutRequest,
+};
 use kvs_wire::{ErrorCode, Opcode};
 use rand::{Rng, SeedableRng};
 use support::{Raw, Server};
@@ -48,7 +50,12 @@ fn still_serves(server: &Server, n: u64) {
         Opcode::Put,
         false,
         1,
-        &PutRequest { key: key.clone(), value: b"ok".to_vec(), ttl_ms: 0 },
+        &PutRequest {
+            key: key.clone(),
+            value: b"ok".to_vec(),
+            ttl_ms: 0,
+            consistency: Consistency::Default,
+        },
     )
     .unwrap();
     raw.send(&frame);
@@ -56,7 +63,14 @@ fn still_serves(server: &Server, n: u64) {
     assert_eq!(h.opcode, Opcode::Put);
     // Responses to pipelined requests may come in any order: read after the put's answer.
     let mut frame = Vec::new();
-    msg::write_frame(&mut frame, Opcode::Get, false, 2, &GetRequest { key }).unwrap();
+    msg::write_frame(
+        &mut frame,
+        Opcode::Get,
+        false,
+        2,
+        &GetRequest { key, consistency: Consistency::Default },
+    )
+    .unwrap();
     raw.send(&frame);
     let (h, body) = raw.recv().expect("get answered");
     assert_eq!(h.opcode, Opcode::Get);
@@ -127,7 +141,7 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() {
         Opcode::Get,
         false,
         10,
-        &GetRequest { key: b"after-garbage".to_vec() },
+        &GetRequest { key: b"after-garbage".to_vec(), consistency: Consistency::Default },
     )
     .unwrap();
     raw.send(&frame);
@@ -143,7 +157,12 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() {
         Opcode::Put,
         false,
         11,
-        &PutRequest { key: vec![b'k'; 1 << 20], value: b"v".to_vec(), ttl_ms: 0 },
+        &PutRequest {
+            key: vec![b'k'; 1 << 20],
+            value: b"v".to_vec(),
+            ttl_ms: 0,
+            consistency: Consistency::Default,
+        },
     )
     .unwrap();
     raw.send(&frame);
@@ -157,9 +176,22 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() {
     // 6. Empty key, a response frame from a client, an unknown opcode.
     let mut raw = Raw::connect(&server.addr);
     let mut frame = Vec::new();
-    msg::write_frame(&mut frame, Opcode::Get, false, 12, &GetRequest { key: Vec::new() }).unwrap();
-    msg::write_frame(&mut frame, Opcode::Get, true, 13, &GetRequest { key: b"x".to_vec() })
-        .unwrap();
+    msg::write_frame(
+        &mut frame,
+        Opcode::Get,
+        false,
+        12,
+        &GetRequest { key: Vec::new(), consistency: Consistency::Default },
+    )
+    .unwrap();
+    msg::write_frame(
+        &mut frame,
+        Opcode::Get,
+        true,
+        13,
+        &GetRequest { key: b"x".to_vec(), consistency: Consistency::Default },
+    )
+    .unwrap();
     raw.send(&frame);
     let mut ids: Vec<u64> = (0..2)
         .map(|_| {

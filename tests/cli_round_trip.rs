@@ -6,7 +6,7 @@
 
 mod support;
 
-use kvs_wire::msg::{self, ArchivedGetResponse, GetRequest, PutRequest};
+use kvs_wire::msg::{self, ArchivedGetResponse, Consistency, GetRequest, PutRequest};
 use kvs_wire::placement::{shard_of, token_of};
 use kvs_wire::Opcode;
 use support::{kvs, Raw, Server};
@@ -114,7 +114,12 @@ fn key_on_shard_2_through_other_ports() {
             Opcode::Put,
             false,
             id,
-            &PutRequest { key: key.clone(), value: value.clone(), ttl_ms: 0 },
+            &PutRequest {
+                key: key.clone(),
+                value: value.clone(),
+                ttl_ms: 0,
+                consistency: Consistency::Default,
+            },
         )
         .unwrap();
         raw.send(&frame);
@@ -122,8 +127,14 @@ fn key_on_shard_2_through_other_ports() {
         assert_eq!((h.opcode, h.request_id), (Opcode::Put, id));
         // Pipelined responses may come in any order, so the get goes after the put's answer.
         let mut frame = Vec::new();
-        msg::write_frame(&mut frame, Opcode::Get, false, id + 10, &GetRequest { key: key.clone() })
-            .unwrap();
+        msg::write_frame(
+            &mut frame,
+            Opcode::Get,
+            false,
+            id + 10,
+            &GetRequest { key: key.clone(), consistency: Consistency::Default },
+        )
+        .unwrap();
         raw.send(&frame);
         let (h, body) = raw.recv().expect("get answer");
         assert_eq!((h.opcode, h.request_id), (Opcode::Get, id + 10));

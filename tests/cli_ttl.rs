@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kvs_wire::limits::TTL_MS_MAX;
-use kvs_wire::msg::{self, ArchivedErrorResponse, PutRequest};
+use kvs_wire::msg::{self, ArchivedErrorResponse, Consistency, PutRequest};
 use kvs_wire::{ErrorCode, Opcode};
 use support::{kvs, Raw, Server};
 
@@ -102,7 +102,12 @@ fn absurd_ttls_are_refused_with_invalid_request() {
     // By the node, for a client that skips the check.
     let mut raw = Raw::connect(addr);
     let mut frame = Vec::new();
-    let bad = PutRequest { key: b"k".to_vec(), value: b"w".to_vec(), ttl_ms: TTL_MS_MAX + 1 };
+    let bad = PutRequest {
+        key: b"k".to_vec(),
+        value: b"w".to_vec(),
+        ttl_ms: TTL_MS_MAX + 1,
+        consistency: Consistency::Default,
+    };
     msg::write_frame(&mut frame, Opcode::Put, false, 7, &bad).unwrap();
     raw.send(&frame);
     let (h, body) = raw.recv().expect("an answer");

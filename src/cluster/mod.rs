@@ -10,6 +10,9 @@
 //! - [`hlc`]: the hybrid logical clock that stamps writes.
 //! - [`phi`]: phi-accrual failure detection: per peer, a bounded window of heartbeat
 //!   inter-arrival times and `phi(now)` under a normal model (why normal: see the module).
+//! - [`quorum`]: one request's consistency: the replica count it needs, a write's
+//!   acknowledgements ([`quorum::WriteTracker`]) and a read's replies resolved to the newest
+//!   version with the stale replicas named ([`quorum::ReadResolver`]).
 //! - [`gossip`]: membership: node states merged by `(generation, version)`, Cassandra's three-way
 //!   push-pull exchange with `fanout` random live peers per round, and each observer's local
 //!   Alive/Suspect/Down verdict from [`phi`].
@@ -20,14 +23,16 @@
 //!
 //! # Not yet
 //! Membership is not wired into the node: no transport carries gossip messages, which have no
-//! wire format yet, and the ring does not follow membership. Quorum bookkeeping, hints and
-//! Merkle trees join later increments of the cluster issue.
+//! wire format yet, and the ring does not follow membership. The shard runs every request
+//! through [`quorum`] with a replica set of its own node only: requests to remote replicas
+//! (the fan-out), hints and Merkle trees join later increments of the cluster issue.
 
 pub mod gossip;
 pub mod hints;
 pub mod hlc;
 pub mod movement;
 pub mod phi;
+pub mod quorum;
 
 /// An options struct of this module failed `validate()`.
 #[derive(Debug, thiserror::Error)]

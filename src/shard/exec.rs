@@ -1,20 +1,30 @@
 //! Routing and execution of one request: validate the body, find the owning shard, and either
 //! run it on this shard's engine or forward it.
+//!
+//! The executing shard coordinates: it resolves the request's consistency to R or W, and runs
+//! the request through a [`WriteTracker`] or [`ReadResolver`] over the key's replica set (see
+//! the module docs of `shard` for why that set has only this node's replica reachable today).
 
 use std::rc::Rc;
+
+use std::future::Future;
 
 use kvs_shards::{Lookup, ShardError};
 use kvs_wire::limits::TTL_MS_MAX;
 use kvs_wire::msg::{
-    self, AlignedVec, ArchivedDeleteRequest, ArchivedGetRequest, ArchivedPutRequest, GetResponse,
-    Stamp, WriteResponse,
+    self, AlignedVec, ArchivedDeleteRequest, ArchivedGetRequest, ArchivedPutRequest, Consistency,
+    ErrorDetail, GetResponse, Stamp, WriteResponse,
 };
-use kvs_wire::placement::{shard_of, token_of};
+use kvs_wire::placement::{shard_of, token_of, NodeId};
 use kvs_wire::{ErrorCode, Opcode};
 
 use super::conn::ConnOut;
 use super::{bump, ExecutorCtx, ShardMsg};
 use crate::cluster::hlc::wall_ms;
+use crate::cluster::quorum::{
+    Access, ConsistencyError, QuorumFailure, ReadKind, ReadOutcome, ReadReply, ReadResolver,
+    ReadStep, Versioned, WriteDecision, WriteTracker,
+};
 
 /// The one mapping from engine errors to wire error codes.
 pub fn shard_error_code(e: &ShardError) -> ErrorCode {
@@ -31,6 +41,55 @@ fn to_wire(s: kvs_shards::Stamp) -> Stamp {
     Stamp { hlc: s.hlc, node: s.node }
 }
 
+/// Why a request is answered with an error: its code, the replica counts of an `Unavailable`
+/// or `Timeout`, and a readable message.
+struct Refusal {
+    code: ErrorCode,
+    detail: ErrorDetail,
+    message: String,
+}
+
+impl From<(ErrorCode, String)> for Refusal {
+    fn from((code, message): (ErrorCode, String)) -> Refusal {
+        Refusal { code, detail: ErrorDetail::None, message }
+    }
+}
+
+/// The mapping of a consistency the node cannot serve at any health: `InvalidRequest`.
+fn consistency_refusal(e: &ConsistencyError) -> Refusal {
+    Refusal::from((ErrorCode::InvalidRequest, e.to_string()))
+}
+
+/// The mapping of too few replicas: `Unavailable` or `Timeout`, with the counts.
+fn quorum_refusal(f: QuorumFailure, access: Access) -> Refusal {
+    let letter = access.letter();
+    let (code, message) = match f {
+        QuorumFailure::Unavailable { needed, .. } => {
+            (ErrorCode::Unavailable, format!("too few replicas alive for {letter} = {needed}"))
+        }
+        QuorumFailure::Timeout { needed, .. } => (
+            ErrorCode::Timeout,
+            format!("too few replicas answered in time for {letter} = {needed}"),
+        ),
+    };
+    Refusal { code, detail: f.detail(), message }
+}
+
+/// A local engine lookup as a replica's read reply.
+fn read_reply(lookup: Lookup, kind: ReadKind) -> ReadReply {
+    let version = match lookup {
+        Lookup::Found { value, stamp } => {
+            Some(Versioned { stamp: to_wire(stamp), value: Some(value) })
+        }
+        Lookup::Deleted { stamp } => Some(Versioned { stamp: to_wire(stamp), value: None }),
+        Lookup::Missing => None,
+    };
+    match kind {
+        ReadKind::Data => ReadReply::Data(version),
+        ReadKind::Digest => ReadReply::Digest(version.map(|v| v.stamp)),
+    }
+}
+
 /// The key of a keyed request, and a Put's value and TTL, from one validated access of the
 /// body.
 struct Keyed<'a> {
@@ -39,6 +98,8 @@ struct Keyed<'a> {
     /// A Put's time to live in ms, 0 = never expires (0 for other opcodes); checked against
     /// [`TTL_MS_MAX`].
     ttl_ms: u64,
+    /// R of a Get, W of a Put or Delete, not yet checked against N.
+    consistency: Consistency,
 }
 
 /// Validates a keyed request's body once and returns its key (and value); or the error to
@@ -49,7 +110,12 @@ fn keyed(opcode: Opcode, body: &AlignedVec) -> Result<Keyed<'_>, (ErrorCode, Str
     let keyed = match opcode {
         Opcode::Get => {
             let get = msg::access::<ArchivedGetRequest>(body).map_err(invalid)?;
-            Keyed { key: get.key.as_slice(), value: &[], ttl_ms: 0 }
+            Keyed {
+                key: get.key.as_slice(),
+                value: &[],
+                ttl_ms: 0,
+                consistency: get.consistency.to_native(),
+            }
         }
         Opcode::Put => {
             let put = msg::access::<ArchivedPutRequest>(body).map_err(invalid)?;
@@ -62,11 +128,21 @@ fn keyed(opcode: Opcode, body: &AlignedVec) -> Result<Keyed<'_>, (ErrorCode, Str
                     ),
                 ));
             }
-            Keyed { key: put.key.as_slice(), value: put.value.as_slice(), ttl_ms }
+            Keyed {
+                key: put.key.as_slice(),
+                value: put.value.as_slice(),
+                ttl_ms,
+                consistency: put.consistency.to_native(),
+            }
         }
         Opcode::Delete => {
             let delete = msg::access::<ArchivedDeleteRequest>(body).map_err(invalid)?;
-            Keyed { key: delete.key.as_slice(), value: &[], ttl_ms: 0 }
+            Keyed {
+                key: delete.key.as_slice(),
+                value: &[],
+                ttl_ms: 0,
+                consistency: delete.consistency.to_native(),
+            }
         }
         _ => return Err((ErrorCode::InvalidRequest, format!("{opcode:?} carries no key"))),
     };
@@ -138,8 +214,8 @@ impl ExecutorCtx {
         body: &AlignedVec,
         out: &mut Vec<u8>,
     ) {
-        if let Err((code, message)) = self.try_execute(opcode, request_id, body, out).await {
-            msg::write_error(out, request_id, code, message);
+        if let Err(r) = self.try_execute(opcode, request_id, body, out).await {
+            msg::write_error_detail(out, request_id, r.code, r.detail, r.message);
         }
     }
 
@@ -149,33 +225,40 @@ impl ExecutorCtx {
         request_id: u64,
         body: &AlignedVec,
         out: &mut Vec<u8>,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), Refusal> {
         let Some(engine) = self.engine.as_ref() else {
-            return Err((
+            return Err(Refusal::from((
                 ErrorCode::Internal,
                 "request reached an executor with no storage".into(),
-            ));
+            )));
         };
-        let Keyed { key, value, ttl_ms } = keyed(opcode, body)?;
-        let owner = shard_of(token_of(key), self.settings.shard_count);
+        let Keyed { key, value, ttl_ms, consistency } = keyed(opcode, body)?;
+        let token = token_of(key);
+        let owner = shard_of(token, self.settings.shard_count);
         if usize::from(owner.0) != self.index {
-            return Err((
+            return Err(Refusal::from((
                 ErrorCode::Internal,
                 format!("key routed to shard {} but owned by {}", self.index, owner.0),
-            ));
+            )));
         }
         self.check_key(key)?;
-        let engine_err =
-            |e: ShardError| (shard_error_code(&e), format!("shard {}: {e}", self.index));
-        let encode_err =
-            |e: msg::MsgError| (ErrorCode::Internal, format!("encoding response: {e}"));
+        let encode_err = |e: msg::MsgError| {
+            Refusal::from((ErrorCode::Internal, format!("encoding response: {e}")))
+        };
+        let access = if opcode == Opcode::Get { Access::Read } else { Access::Write };
+        let needed =
+            self.quorum.required(consistency, access).map_err(|e| consistency_refusal(&e))?;
+        let replicas = self.replica_set(token);
         match opcode {
             Opcode::Get => {
-                let response = match engine.get(key).await.map_err(engine_err)? {
-                    Lookup::Found { value, stamp } => {
-                        GetResponse { value: Some(value), stamp: Some(to_wire(stamp)) }
+                let resolver =
+                    ReadResolver::new(&replicas, needed).map_err(|f| quorum_refusal(f, access))?;
+                // A tombstone or nothing reads as missing; the value moves, uncopied.
+                let response = match self.read_quorum(resolver, key).await?.newest {
+                    Some(Versioned { stamp, value: Some(value) }) => {
+                        GetResponse { value: Some(value), stamp: Some(stamp) }
                     }
-                    Lookup::Deleted { .. } | Lookup::Missing => {
+                    Some(Versioned { value: None, .. }) | None => {
                         GetResponse { value: None, stamp: None }
                     }
                 };
@@ -184,42 +267,141 @@ impl ExecutorCtx {
             }
             Opcode::Put => {
                 if value.len() > self.settings.value_bytes_max as usize {
-                    return Err((
+                    return Err(Refusal::from((
                         ErrorCode::TooLarge,
                         format!(
                             "value of {} bytes exceeds value_bytes_max {}",
                             value.len(),
                             self.settings.value_bytes_max
                         ),
-                    ));
+                    )));
                 }
+                let tracker =
+                    WriteTracker::new(&replicas, needed).map_err(|f| quorum_refusal(f, access))?;
                 let stamp = self.stamp();
                 // The expiry is absolute, by this node's wall clock (the engine judges it by
                 // the same clock); `ttl_ms <= TTL_MS_MAX` keeps the sum far from overflow.
                 let expires_at_ms = (ttl_ms > 0).then(|| wall_ms().saturating_add(ttl_ms));
-                engine
-                    .put_with_expiry(key, value, stamp, expires_at_ms)
-                    .await
-                    .map_err(engine_err)?;
+                self.write_quorum(
+                    tracker,
+                    engine.put_with_expiry(key, value, stamp, expires_at_ms),
+                )
+                .await?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
                 msg::write_frame(out, Opcode::Put, true, request_id, &response)
                     .map_err(encode_err)?;
             }
             Opcode::Delete => {
+                let tracker =
+                    WriteTracker::new(&replicas, needed).map_err(|f| quorum_refusal(f, access))?;
                 let stamp = self.stamp();
-                engine.delete(key, stamp).await.map_err(engine_err)?;
+                self.write_quorum(tracker, engine.delete(key, stamp)).await?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
                 msg::write_frame(out, Opcode::Delete, true, request_id, &response)
                     .map_err(encode_err)?;
             }
             other => {
-                return Err((
+                return Err(Refusal::from((
                     ErrorCode::InvalidRequest,
                     format!("{other:?} is not a keyed request"),
-                ))
+                )))
             }
         }
         Ok(())
+    }
+
+    /// An engine error as the answer to a request.
+    fn engine_refusal(&self, e: &ShardError) -> Refusal {
+        Refusal::from((shard_error_code(e), format!("shard {}: {e}", self.index)))
+    }
+
+    /// Runs a write through `tracker`: the local replica applies it with `apply` (when it is a
+    /// target), and the tracker decides. When the write fails with nothing acknowledged and the
+    /// local replica said why (`Overloaded`, `TooLarge`, an I/O error), that is the answer: it
+    /// is more precise than a count.
+    async fn write_quorum(
+        &self,
+        mut tracker: WriteTracker,
+        apply: impl Future<Output = Result<(), ShardError>>,
+    ) -> Result<(), Refusal> {
+        let me = NodeId(self.settings.node_id);
+        let mut local_error = None;
+        let mut decision = tracker.decision();
+        if tracker.targets().any(|n| n == me) {
+            decision = match apply.await {
+                Ok(()) => tracker.on_ack(me),
+                Err(e) => {
+                    local_error = Some(e);
+                    tracker.on_failure(me)
+                }
+            };
+        }
+        // Remote replicas join with the fan-out: they ack here, and `tracker.missed()` becomes
+        // their hints. Today the local replica is the only target, so its answer decides.
+        match decision {
+            WriteDecision::Success => Ok(()),
+            WriteDecision::Failed(f) => match local_error {
+                Some(e) if tracker.acknowledged() == 0 => Err(self.engine_refusal(&e)),
+                _ => Err(quorum_refusal(f, Access::Write)),
+            },
+            WriteDecision::Pending => Err(Refusal::from((
+                ErrorCode::Internal,
+                format!(
+                    "write undecided with {} of {} acknowledged and no replica left to ask",
+                    tracker.acknowledged(),
+                    tracker.needed().get()
+                ),
+            ))),
+        }
+    }
+
+    /// Runs a read through `resolver`: the local replica answers what it is asked (full data,
+    /// as the first replica), and the resolver picks the newest version. Errors as in
+    /// [`Self::write_quorum`].
+    async fn read_quorum(
+        &self,
+        mut resolver: ReadResolver,
+        key: &[u8],
+    ) -> Result<ReadOutcome, Refusal> {
+        let Some(engine) = self.engine.as_ref() else {
+            return Err(Refusal::from((
+                ErrorCode::Internal,
+                "read reached an executor with no storage".to_string(),
+            )));
+        };
+        let me = NodeId(self.settings.node_id);
+        let mut local_error = None;
+        let mut step = ReadStep::Pending;
+        for (node, kind) in resolver.targets() {
+            if node != me {
+                continue;
+            }
+            step = match engine.get(key).await {
+                Ok(lookup) => resolver.on_reply(me, read_reply(lookup, kind)),
+                Err(e) => {
+                    local_error = Some(e);
+                    resolver.on_failure(me)
+                }
+            };
+        }
+        // With remote replicas (the fan-out), `NeedData` asks them for full data and the
+        // outcome's `stale` replicas get read repair.
+        match step {
+            ReadStep::Resolved => resolver.into_outcome().ok_or_else(|| {
+                Refusal::from((ErrorCode::Internal, "resolved read has no outcome".to_string()))
+            }),
+            ReadStep::Failed(f) => match local_error {
+                Some(e) => Err(self.engine_refusal(&e)),
+                None => Err(quorum_refusal(f, Access::Read)),
+            },
+            ReadStep::Pending | ReadStep::NeedData(_) => Err(Refusal::from((
+                ErrorCode::Internal,
+                format!(
+                    "read of r = {} undecided with no replica left to ask",
+                    resolver.needed().get()
+                ),
+            ))),
+        }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), (ErrorCode, String)> {

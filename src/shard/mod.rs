@@ -16,6 +16,16 @@
 //!   bodies by rkyv validation. Nothing from the network can panic the node.
 //! - This module is the one place that maps internal errors to wire [`ErrorCode`]s.
 //!
+//! ## Consistency
+//! The shard that executes a keyed request is its coordinator. It resolves the request's
+//! consistency against the replication factor in the node's topology
+//! ([`crate::cluster::quorum::QuorumOptions`]), builds the key's replica set from the ring, and
+//! runs the request through a [`crate::cluster::quorum::WriteTracker`] or
+//! [`crate::cluster::quorum::ReadResolver`]. Only this node's replica is reachable today (no
+//! transport carries requests to peers yet), so remote replicas count as not alive: with the
+//! single-node topology (N = 1) every consistency but a count above 1 is served by the local
+//! replica, and a count above N is `InvalidRequest` naming N.
+//!
 //! A Stats request is answered by the executor it lands on, which gathers every shard's
 //! counters over the same channels (see [`stats`]).
 
@@ -32,9 +42,11 @@ use std::sync::Arc;
 use glommio::channels::shared_channel::ConnectedSender;
 use kvs_shards::Engine;
 use kvs_wire::msg::{AlignedVec, TopologyResponse};
+use kvs_wire::placement::{NodeId, Ring, Token};
 use kvs_wire::Opcode;
 
 use crate::cluster::hlc::Hlc;
+use crate::cluster::quorum::{QuorumOptions, Replica};
 use conn::ConnOut;
 use notify::{Latch, Notify};
 
@@ -96,6 +108,10 @@ pub struct ExecutorCtx {
     pub engine: Option<Rc<Engine>>,
     hlc: RefCell<Hlc>,
     topology: Arc<TopologyResponse>,
+    /// The ring of `topology`, for replica sets.
+    ring: Ring,
+    /// N from `topology` and the default consistencies.
+    quorum: QuorumOptions,
     /// Senders to every other executor, by index (`None` at our own index).
     peers: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Forwarded requests awaiting their response: corr -> the client connection to answer.
@@ -125,12 +141,21 @@ impl ExecutorCtx {
     ) -> ExecutorCtx {
         let mut hlc = Hlc::new();
         hlc.observe(hlc_floor);
+        let ring = Ring::new(
+            topology
+                .nodes
+                .iter()
+                .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect())),
+        );
+        let quorum = QuorumOptions::with_replication_factor(topology.replication_factor.max(1));
         ExecutorCtx {
             index,
             settings,
             engine,
             hlc: RefCell::new(hlc),
             topology,
+            ring,
+            quorum,
             peers,
             pending: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
@@ -175,6 +200,21 @@ impl ExecutorCtx {
             })
             .await;
         }
+    }
+
+    /// The replica set of `token` as this node can reach it: the ring's N replicas, this node
+    /// first (it serves reads' full data), alive only when it is this node, since no transport
+    /// carries requests to peers yet.
+    fn replica_set(&self, token: Token) -> Vec<Replica> {
+        let me = NodeId(self.settings.node_id);
+        let mut set: Vec<Replica> = self
+            .ring
+            .replicas(token, usize::from(self.quorum.replication_factor))
+            .into_iter()
+            .map(|node| Replica { node, alive: node == me })
+            .collect();
+        set.sort_by_key(|r| !r.alive);
+        set
     }
 
     /// Number of forwarded requests still waiting for their owner's answer.

@@ -12,8 +12,9 @@ use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 
 /// "KVS1" as a little-endian u32.
 pub const MAGIC: u32 = 0x4B56_5331;
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this crate speaks. Only this version is accepted: a frame of any other
+/// version is refused with [`FrameError::BadVersion`] (history in [`crate::msg`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bit set in the opcode of every response.
 pub const RESPONSE_BIT: u8 = 0x80;
 
@@ -85,7 +86,10 @@ pub enum FrameError {
     Incomplete { needed: usize },
     #[error("bad magic 0x{got:08x} (expected 0x{MAGIC:08x}): not a kvs client or server")]
     BadMagic { got: u32 },
-    #[error("unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION}): client and \
+         server are from different kvs releases; upgrade the older one"
+    )]
     BadVersion { got: u16 },
     #[error("unknown opcode 0x{got:02x}")]
     BadOpcode { got: u8 },
@@ -198,12 +202,12 @@ mod tests {
         let h = FrameHeader::request(Opcode::Get, 1, 2);
         assert_eq!(
             h.encode(),
-            [0x31, 0x53, 0x56, 0x4B, 2, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+            [0x31, 0x53, 0x56, 0x4B, 3, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
         );
         let h = FrameHeader::response(Opcode::Stats, 7, 0);
         assert_eq!(
             h.encode(),
-            [0x31, 0x53, 0x56, 0x4B, 2, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            [0x31, 0x53, 0x56, 0x4B, 3, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
     }
 
@@ -218,12 +222,22 @@ mod tests {
         b[0] ^= 1;
         assert!(matches!(FrameHeader::decode(&b, 100), Err(FrameError::BadMagic { .. })));
         let mut b = good;
-        b[4] = 3;
-        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 3 }));
-        // Version 1 (before `PutRequest::ttl_ms`) is refused, not misread.
-        let mut b = good;
-        b[4] = 1;
-        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 1 }));
+        b[4] = 4;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 4 }));
+        // Older versions (1 before `PutRequest::ttl_ms`, 2 before the request consistency and
+        // error details) are refused, not misread, and the error says what to do.
+        for old in [1u8, 2] {
+            let mut b = good;
+            b[4] = old;
+            let err = FrameHeader::decode(&b, 100).unwrap_err();
+            assert_eq!(err, FrameError::BadVersion { got: u16::from(old) });
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("version {old}")) && text.contains("speaks 3"),
+                "{text}"
+            );
+            assert!(text.contains("upgrade"), "{text}");
+        }
         let mut b = good;
         b[6] = 0x33;
         assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadOpcode { got: 0x33 }));

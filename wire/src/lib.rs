@@ -21,7 +21,8 @@
 //! ```text
 //! offset size field
 //!  0     4    magic       0x4B56_5331 ("KVS1"), little endian
-//!  4     2    version     protocol version, currently 2 (2 added `PutRequest::ttl_ms`)
+//!  4     2    version     protocol version, currently 3 (2 added `PutRequest::ttl_ms`, 3 the
+//!                         request consistency and `ErrorResponse::detail`); no other is read
 //!  6     1    opcode      see frame::Opcode (responses set bit 0x80)
 //!  7     1    flags       reserved, must be 0
 //!  8     8    request_id  chosen by the client, echoed in the response

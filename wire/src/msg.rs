@@ -19,6 +19,15 @@
 //! | Stats    | empty              | [`StatsResponse`]                  |
 //! | (any)    |                    | opcode `Error`: [`ErrorResponse`]  |
 //!
+//! Get, Put and Delete carry a [`Consistency`]: how many replicas must answer before the
+//! coordinating node does (R for a Get, W for a Put or Delete). An `Unavailable` or `Timeout`
+//! error says, in [`ErrorResponse::detail`], how many replicas were needed and how many were
+//! alive or acknowledged.
+//!
+//! ## Versions
+//! - 2: `PutRequest::ttl_ms`.
+//! - 3: `consistency` in Get, Put and Delete requests; `ErrorResponse::detail`.
+//!
 //! A change to any struct here is a change of the protocol version in [`crate::frame`]. A new
 //! opcode with new structs is not: a server that does not know the opcode answers
 //! `InvalidRequest` (unknown opcode) and closes the connection.
@@ -62,11 +71,68 @@ pub struct Stamp {
     pub node: u64,
 }
 
+/// How many replicas of a key must answer a request before the coordinator does: R for a read
+/// (Get), W for a write (Put, Delete), out of the replication factor N.
+///
+/// - `Default`: the node's configured default for the operation (quorum unless the operator
+///   changed it, so R = W = 2 when N = 3).
+/// - `One`: 1. The fastest answer; a read may miss the latest write.
+/// - `Quorum`: a majority, `N / 2 + 1` (2 of 3). Quorum writes and quorum reads overlap in at
+///   least one replica, so a quorum read sees every acknowledged quorum write.
+/// - `All`: N. Fails with `Unavailable` as soon as any replica is down.
+/// - `Count(n)`: exactly n, `1 <= n <= N`; 0 or more than N is refused with `InvalidRequest`
+///   naming N. On a Get it is R, on a Put or Delete it is W.
+///
+/// A write is sent to every replica whatever its consistency; the consistency only says how
+/// many acknowledgements the coordinator waits for. Reads overlap writes (and so see them)
+/// when `R + W > N`.
+///
+/// ## Format
+/// An rkyv enum: one tag byte (`Default` 0, `One` 1, `Quorum` 2, `All` 3, `Count` 4), then for
+/// `Count` the count as one byte. Size 2, alignment 1.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug))]
+pub enum Consistency {
+    #[default]
+    Default,
+    One,
+    Quorum,
+    All,
+    Count(u8),
+}
+
+impl ArchivedConsistency {
+    /// The consistency as a native value (every archived tag is valid once `access` checked it).
+    pub fn to_native(&self) -> Consistency {
+        match self {
+            ArchivedConsistency::Default => Consistency::Default,
+            ArchivedConsistency::One => Consistency::One,
+            ArchivedConsistency::Quorum => Consistency::Quorum,
+            ArchivedConsistency::All => Consistency::All,
+            ArchivedConsistency::Count(n) => Consistency::Count(*n),
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Consistency::Default => f.write_str("default"),
+            Consistency::One => f.write_str("one"),
+            Consistency::Quorum => f.write_str("quorum"),
+            Consistency::All => f.write_str("all"),
+            Consistency::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// Read one key.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct GetRequest {
     pub key: Vec<u8>,
+    /// R: how many replicas must answer.
+    pub consistency: Consistency,
 }
 
 /// Write one key.
@@ -79,6 +145,8 @@ pub struct PutRequest {
     /// it into an absolute expiry with its own wall clock (`now + ttl_ms`); from then on the
     /// key reads as missing. At most [`crate::limits::TTL_MS_MAX`], else `InvalidRequest`.
     pub ttl_ms: u64,
+    /// W: how many replicas must acknowledge.
+    pub consistency: Consistency,
 }
 
 /// Delete one key.
@@ -86,6 +154,8 @@ pub struct PutRequest {
 #[rkyv(derive(Debug))]
 pub struct DeleteRequest {
     pub key: Vec<u8>,
+    /// W: how many replicas must acknowledge the tombstone.
+    pub consistency: Consistency,
 }
 
 /// The answer to a get: the value and its version, or `None` when the key is missing or deleted.
@@ -103,17 +173,77 @@ pub struct WriteResponse {
     pub stamp: Stamp,
 }
 
-/// A failed request: a stable code (see [`ErrorCode::to_u16`]) and a readable message.
+/// What an error adds to its code and message, as numbers a client can act on.
+///
+/// ## Format
+/// An rkyv enum: one tag byte (`None` 0, `Unavailable` 1, `Timeout` 2), then the variant's
+/// fields, one byte each, in the order declared. Size 3, alignment 1.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug))]
+pub enum ErrorDetail {
+    /// Nothing beyond the message.
+    #[default]
+    None,
+    /// With `Unavailable`: the request needed `needed` replicas and only `alive` were up, so it
+    /// was not attempted on any.
+    Unavailable { needed: u8, alive: u8 },
+    /// With `Timeout`: only `acknowledged` of the `needed` replicas answered in time (or the
+    /// others failed). A write may still have been applied on the ones that did.
+    Timeout { acknowledged: u8, needed: u8 },
+}
+
+impl ArchivedErrorDetail {
+    /// The detail as a native value.
+    pub fn to_native(&self) -> ErrorDetail {
+        match self {
+            ArchivedErrorDetail::None => ErrorDetail::None,
+            ArchivedErrorDetail::Unavailable { needed, alive } => {
+                ErrorDetail::Unavailable { needed: *needed, alive: *alive }
+            }
+            ArchivedErrorDetail::Timeout { acknowledged, needed } => {
+                ErrorDetail::Timeout { acknowledged: *acknowledged, needed: *needed }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorDetail {
+    /// `needed 2, alive 1` or `1 of 2 acknowledged`; nothing for `None`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorDetail::None => Ok(()),
+            ErrorDetail::Unavailable { needed, alive } => {
+                write!(f, "needed {needed}, alive {alive}")
+            }
+            ErrorDetail::Timeout { acknowledged, needed } => {
+                write!(f, "{acknowledged} of {needed} acknowledged")
+            }
+        }
+    }
+}
+
+/// A failed request: a stable code (see [`ErrorCode::to_u16`]), a readable message and, for
+/// `Unavailable` and `Timeout`, the replica counts in `detail`.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ErrorResponse {
     pub code: u16,
     pub message: String,
+    pub detail: ErrorDetail,
 }
 
 impl ErrorResponse {
-    /// An error response, its message cut to [`ERROR_MESSAGE_BYTES_MAX`].
+    /// An error response with no detail, its message cut to [`ERROR_MESSAGE_BYTES_MAX`].
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorResponse {
+        ErrorResponse::with_detail(code, ErrorDetail::None, message)
+    }
+
+    /// An error response with `detail`, its message cut to [`ERROR_MESSAGE_BYTES_MAX`].
+    pub fn with_detail(
+        code: ErrorCode,
+        detail: ErrorDetail,
+        message: impl Into<String>,
+    ) -> ErrorResponse {
         let mut message = message.into();
         if message.len() > ERROR_MESSAGE_BYTES_MAX {
             let mut cut = ERROR_MESSAGE_BYTES_MAX;
@@ -122,7 +252,7 @@ impl ErrorResponse {
             }
             message.truncate(cut);
         }
-        ErrorResponse { code: code.to_u16(), message }
+        ErrorResponse { code: code.to_u16(), message, detail }
     }
 }
 
@@ -318,15 +448,26 @@ pub fn write_empty_frame(out: &mut Vec<u8>, opcode: Opcode, response: bool, requ
     out.extend_from_slice(&header.encode());
 }
 
-/// Appends an error response frame.
+/// Appends an error response frame with no detail.
 pub fn write_error(
     out: &mut Vec<u8>,
     request_id: u64,
     code: ErrorCode,
     message: impl Into<String>,
 ) {
-    let body = ErrorResponse::new(code, message);
-    // An ErrorResponse is a u16 and a bounded string: serializing it cannot fail.
+    write_error_detail(out, request_id, code, ErrorDetail::None, message);
+}
+
+/// Appends an error response frame with `detail`.
+pub fn write_error_detail(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    code: ErrorCode,
+    detail: ErrorDetail,
+    message: impl Into<String>,
+) {
+    let body = ErrorResponse::with_detail(code, detail, message);
+    // An ErrorResponse is a u16, a bounded string and three bytes: serializing it cannot fail.
     if write_frame(out, Opcode::Error, true, request_id, &body).is_err() {
         write_empty_frame(out, Opcode::Error, true, request_id);
     }
@@ -349,7 +490,12 @@ mod tests {
     #[test]
     fn put_round_trips_in_place() {
         let mut out = vec![1, 2, 3]; // frames need not start aligned in the output buffer
-        let msg = PutRequest { key: b"k1".to_vec(), value: vec![7; 100], ttl_ms: 90_000 };
+        let msg = PutRequest {
+            key: b"k1".to_vec(),
+            value: vec![7; 100],
+            ttl_ms: 90_000,
+            consistency: Consistency::Count(2),
+        };
         write_frame(&mut out, Opcode::Put, false, 42, &msg).unwrap();
         let (h, body) = body_of(&out[3..]);
         assert_eq!((h.opcode, h.request_id, h.response), (Opcode::Put, 42, false));
@@ -357,6 +503,7 @@ mod tests {
         assert_eq!(a.key.as_slice(), b"k1");
         assert_eq!(a.value.as_slice(), &[7u8; 100][..]);
         assert_eq!(a.ttl_ms.to_native(), 90_000);
+        assert_eq!(a.consistency.to_native(), Consistency::Count(2));
         let back: PutRequest = to_owned(a).unwrap();
         assert_eq!(back, msg);
     }
@@ -365,7 +512,12 @@ mod tests {
     /// `PROTOCOL_VERSION`).
     #[test]
     fn put_body_golden_bytes() {
-        let msg = PutRequest { key: b"k".to_vec(), value: b"vv".to_vec(), ttl_ms: 0x0102_0304 };
+        let msg = PutRequest {
+            key: b"k".to_vec(),
+            value: b"vv".to_vec(),
+            ttl_ms: 0x0102_0304,
+            consistency: Consistency::Count(3),
+        };
         let mut out = Vec::new();
         write_frame(&mut out, Opcode::Put, false, 1, &msg).unwrap();
         let (_, body) = body_of(&out);
@@ -373,14 +525,109 @@ mod tests {
     }
 
     /// The key and value bytes first, then the root at offset 8: each `Vec` as a relative
-    /// pointer (i32, from the field's own offset) and a length (u32), then `ttl_ms` (u64).
+    /// pointer (i32, from the field's own offset) and a length (u32), then `ttl_ms` (u64), then
+    /// `consistency` (tag, count) and padding to the root's alignment of 8.
     #[rustfmt::skip]
     const GOLDEN_PUT: &[u8] = &[
         b'k', b'v', b'v', 0, 0, 0, 0, 0,  // key, value, padding to 8
         0xf8, 0xff, 0xff, 0xff, 1, 0, 0, 0, // key: at 8 - 8 = 0, 1 byte
         0xf1, 0xff, 0xff, 0xff, 2, 0, 0, 0, // value: at 16 - 15 = 1, 2 bytes
         4, 3, 2, 1, 0, 0, 0, 0,             // ttl_ms
+        4, 3, 0, 0, 0, 0, 0, 0,             // consistency: Count (tag 4), 3; padding
     ];
+
+    /// Every consistency level survives the trip in each keyed request, and the archived tag
+    /// bytes are the documented ones.
+    #[test]
+    fn consistency_round_trips_in_every_keyed_request() {
+        let levels = [
+            (Consistency::Default, [0u8, 0]),
+            (Consistency::One, [1, 0]),
+            (Consistency::Quorum, [2, 0]),
+            (Consistency::All, [3, 0]),
+            (Consistency::Count(1), [4, 1]),
+            (Consistency::Count(255), [4, 255]),
+        ];
+        for (c, tag) in levels {
+            let mut out = Vec::new();
+            let get = GetRequest { key: b"g".to_vec(), consistency: c };
+            write_frame(&mut out, Opcode::Get, false, 1, &get).unwrap();
+            let (_, body) = body_of(&out);
+            let a = access::<ArchivedGetRequest>(&body).unwrap();
+            assert_eq!(a.consistency.to_native(), c);
+            assert_eq!(to_owned::<GetRequest, _>(a).unwrap(), get);
+            // The root is the key's pointer and length, then the consistency's two bytes.
+            let root = body.len() - std::mem::size_of::<ArchivedGetRequest>();
+            assert_eq!(&body[root + 8..root + 10], &tag, "{c:?}");
+
+            let mut out = Vec::new();
+            let del = DeleteRequest { key: b"d".to_vec(), consistency: c };
+            write_frame(&mut out, Opcode::Delete, false, 2, &del).unwrap();
+            let (_, body) = body_of(&out);
+            let a = access::<ArchivedDeleteRequest>(&body).unwrap();
+            assert_eq!(to_owned::<DeleteRequest, _>(a).unwrap(), del);
+        }
+    }
+
+    /// The archived sizes the `## Format` sections state.
+    #[test]
+    fn archived_enum_sizes_are_as_documented() {
+        use std::mem::{align_of, size_of};
+        assert_eq!((size_of::<ArchivedConsistency>(), align_of::<ArchivedConsistency>()), (2, 1));
+        assert_eq!((size_of::<ArchivedErrorDetail>(), align_of::<ArchivedErrorDetail>()), (3, 1));
+    }
+
+    /// A consistency tag this version does not define is refused by validation, not misread.
+    #[test]
+    fn unknown_consistency_tag_is_invalid() {
+        let mut out = Vec::new();
+        let get = GetRequest { key: b"g".to_vec(), consistency: Consistency::All };
+        write_frame(&mut out, Opcode::Get, false, 1, &get).unwrap();
+        let (_, mut body) = body_of(&out);
+        let root = body.len() - std::mem::size_of::<ArchivedGetRequest>();
+        for bad in [5u8, 0x7f, 0xff] {
+            body[root + 8] = bad;
+            assert!(access::<ArchivedGetRequest>(&body).is_err(), "tag {bad}");
+        }
+    }
+
+    /// Error details survive the trip with their numbers, and print as the CLI shows them.
+    #[test]
+    fn error_detail_round_trips() {
+        let cases = [
+            (ErrorCode::Unavailable, ErrorDetail::Unavailable { needed: 2, alive: 1 }),
+            (ErrorCode::Timeout, ErrorDetail::Timeout { acknowledged: 1, needed: 2 }),
+            (ErrorCode::InvalidRequest, ErrorDetail::None),
+        ];
+        let mut out = Vec::new();
+        for (i, (code, detail)) in cases.iter().enumerate() {
+            write_error_detail(&mut out, i as u64, *code, *detail, "why");
+        }
+        write_error(&mut out, 9, ErrorCode::Internal, "plain");
+        let mut at = 0;
+        for (i, (code, detail)) in cases.iter().enumerate() {
+            let (h, body) = body_of(&out[at..]);
+            at += FRAME_HEADER_BYTES + h.body_len as usize;
+            assert_eq!((h.opcode, h.request_id), (Opcode::Error, i as u64));
+            let e = access::<ArchivedErrorResponse>(&body).unwrap();
+            assert_eq!(ErrorCode::from_u16(e.code.to_native()), *code);
+            assert_eq!(e.detail.to_native(), *detail);
+            let back: ErrorResponse = to_owned(e).unwrap();
+            assert_eq!(back, ErrorResponse::with_detail(*code, *detail, "why"));
+        }
+        let (_, body) = body_of(&out[at..]);
+        let e = access::<ArchivedErrorResponse>(&body).unwrap();
+        assert_eq!(e.detail.to_native(), ErrorDetail::None);
+        assert_eq!(
+            ErrorDetail::Unavailable { needed: 2, alive: 1 }.to_string(),
+            "needed 2, alive 1"
+        );
+        assert_eq!(
+            ErrorDetail::Timeout { acknowledged: 1, needed: 2 }.to_string(),
+            "1 of 2 acknowledged"
+        );
+        assert_eq!(ErrorDetail::None.to_string(), "");
+    }
 
     #[test]
     fn topology_and_error_round_trip() {
@@ -498,6 +745,8 @@ mod tests {
             let _ = access::<ArchivedTopologyResponse>(&body);
             let _ = access::<ArchivedGetResponse>(&body);
             let _ = access::<ArchivedStatsResponse>(&body);
+            let _ = access::<ArchivedGetRequest>(&body);
+            let _ = access::<ArchivedErrorResponse>(&body);
         }
         assert!(rejected > 19_000, "random bytes should almost never validate: {rejected}");
     }

@@ -30,8 +30,15 @@
 //! - [`Client::stats`] asks the node at the `connect` address (its node-level port) for every
 //!   shard's counters; it is not routed, so `connect` to the node you want to see.
 //!
+//! - Consistency: every Get, Put and Delete carries a [`Consistency`] (R for a get, W for a put
+//!   or delete). [`ClientOptions::read_consistency`] and [`ClientOptions::write_consistency`]
+//!   give the defaults (`Consistency::Default`: the node's configured default);
+//!   [`Client::get_with`], [`Client::put_with`] and [`Client::delete_with`] choose per request.
+//!   An `Unavailable` or `Timeout` answer carries the replica counts in
+//!   [`ClientError::Server`]'s `detail` and is not retried: the coordinator already tried
+//!   every replica.
+//!
 //! ## What it does not do (yet)
-//! - No quorum options: the coordinating node applies its configured consistency.
 //! - No client-side key or value limits beyond the protocol's frame limit: the server enforces
 //!   its configured `--key-bytes-max` and `--value-bytes-max` and answers `TooLarge`.
 //! - Requests are not cancelled on the server when they time out here; a late response is
@@ -84,6 +91,7 @@ use crate::msg::{
     ArchivedTopologyResponse, ArchivedWriteResponse, DeleteRequest, GetRequest, GetResponse,
     PutRequest, WriteResponse,
 };
+pub use crate::msg::{Consistency, ErrorDetail};
 use crate::placement::{shard_of, token_of, NodeId, Ring, Token, SHARDS_MAX, VNODES_MAX};
 
 pub use crate::msg::{Counter, NodeInfo, ShardStats, Stamp, StatsResponse, TopologyResponse};
@@ -120,6 +128,12 @@ pub struct ClientOptions {
     /// Largest response body accepted, in bytes; a header claiming more kills the connection.
     /// Default and ceiling [`FRAME_BODY_BYTES_MAX`].
     pub frame_body_bytes_max: u32,
+    /// R of a get that does not name its own ([`Client::get`]). Default
+    /// [`Consistency::Default`], the node's configured default. `Count(0)` is refused.
+    pub read_consistency: Consistency,
+    /// W of a put or delete that does not name its own. Default [`Consistency::Default`].
+    /// `Count(0)` is refused.
+    pub write_consistency: Consistency,
 }
 
 impl Default for ClientOptions {
@@ -131,8 +145,21 @@ impl Default for ClientOptions {
             shard_aware: true,
             inflight_max_per_connection: 4096,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
+            read_consistency: Consistency::Default,
+            write_consistency: Consistency::Default,
         }
     }
+}
+
+/// Settings of one put ([`Client::put_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Time to live: once it has passed the key reads as missing. `None` (default): never
+    /// expires. Rounded up to whole milliseconds, at least 1 ns and at most
+    /// [`TTL_MS_MAX`] ms.
+    pub ttl: Option<Duration>,
+    /// W for this put; `None` (default): [`ClientOptions::write_consistency`].
+    pub consistency: Option<Consistency>,
 }
 
 impl ClientOptions {
@@ -160,7 +187,9 @@ impl ClientOptions {
                 self.frame_body_bytes_max
             ));
         }
-        Ok(())
+        check_consistency(self.read_consistency, "read_consistency")
+            .and_then(|()| check_consistency(self.write_consistency, "write_consistency"))
+            .map_err(ClientError::InvalidOptions)
     }
 }
 
@@ -168,9 +197,10 @@ impl ClientOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The server answered with an error frame.
-    #[error("server error {code}: {message}")]
-    Server { code: ErrorCode, message: String },
+    /// The server answered with an error frame. `detail` has the replica counts of an
+    /// `Unavailable` or `Timeout` answer (`needed 2, alive 1`, `1 of 2 acknowledged`).
+    #[error("server error {code}: {}", server_text(*.detail, .message))]
+    Server { code: ErrorCode, message: String, detail: ErrorDetail },
     /// One attempt got no answer in time (the last one, after any retries).
     #[error("request timed out after {after:?}")]
     Timeout { after: Duration },
@@ -223,6 +253,25 @@ impl ClientError {
                 | ClientError::Timeout { .. }
                 | ClientError::Server { code: ErrorCode::Overloaded, .. }
         )
+    }
+}
+
+/// `detail: message`, or the message alone when there is no detail.
+fn server_text(detail: ErrorDetail, message: &str) -> String {
+    match detail {
+        ErrorDetail::None => message.to_string(),
+        d if message.is_empty() => d.to_string(),
+        d => format!("{d}: {message}"),
+    }
+}
+
+/// Refuses a consistency no node would accept whatever its replication factor.
+fn check_consistency(c: Consistency, what: &str) -> Result<(), String> {
+    match c {
+        Consistency::Count(0) => {
+            Err(format!("{what}: a replica count of 0 is not a consistency (use 1 or more)"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -450,10 +499,24 @@ impl Client {
         Ok(client)
     }
 
-    /// Reads `key`: its value and version, or `None` when it is missing or deleted.
+    /// Reads `key` at [`ClientOptions::read_consistency`]: its value and version, or `None`
+    /// when it is missing or deleted.
     pub async fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Stamp)>, ClientError> {
+        self.get_with(key, self.inner.opts.read_consistency).await
+    }
+
+    /// Reads `key` once `consistency` replicas (R) answered: the newest value and its version,
+    /// or `None` when it is missing or its newest version is a delete. `Count(0)` is refused
+    /// unsent; a count above the replication factor is refused by the node
+    /// (`InvalidRequest`).
+    pub async fn get_with(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<(Vec<u8>, Stamp)>, ClientError> {
         check_len(key.len())?;
-        let req = Req::Get(GetRequest { key: key.to_vec() });
+        check_consistency(consistency, "read consistency").map_err(ClientError::InvalidRequest)?;
+        let req = Req::Get(GetRequest { key: key.to_vec(), consistency });
         let body = self.send(Dest::Key(token_of(key)), &req).await?;
         let archived = msg::access::<ArchivedGetResponse>(&body).map_err(bad_body("get"))?;
         let resp: GetResponse = msg::to_owned(archived).map_err(bad_body("get"))?;
@@ -466,9 +529,27 @@ impl Client {
         }
     }
 
-    /// Writes `value` under `key`; returns the version it was stamped with.
+    /// Writes `value` under `key` at [`ClientOptions::write_consistency`]; returns the version
+    /// it was stamped with.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Stamp, ClientError> {
-        self.put_ttl_ms(key, value, 0).await
+        self.put_with(key, value, PutOptions::default()).await
+    }
+
+    /// Writes `value` under `key` with a TTL and a consistency (W) of its own, see
+    /// [`PutOptions`]; returns the version it was stamped with. A bad TTL or `Count(0)` is
+    /// refused with [`ClientError::InvalidRequest`] and nothing is sent.
+    pub async fn put_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        opts: PutOptions,
+    ) -> Result<Stamp, ClientError> {
+        let ttl_ms = match opts.ttl {
+            Some(ttl) => ttl_ms_of(ttl)?,
+            None => 0,
+        };
+        let consistency = opts.consistency.unwrap_or(self.inner.opts.write_consistency);
+        self.put_ttl_ms(key, value, ttl_ms, consistency).await
     }
 
     /// Writes `value` under `key` to live for `ttl`: once that has passed (by the coordinating
@@ -482,7 +563,7 @@ impl Client {
         value: &[u8],
         ttl: Duration,
     ) -> Result<Stamp, ClientError> {
-        self.put_ttl_ms(key, value, ttl_ms_of(ttl)?).await
+        self.put_with(key, value, PutOptions { ttl: Some(ttl), consistency: None }).await
     }
 
     async fn put_ttl_ms(
@@ -490,17 +571,32 @@ impl Client {
         key: &[u8],
         value: &[u8],
         ttl_ms: u64,
+        consistency: Consistency,
     ) -> Result<Stamp, ClientError> {
         check_len(key.len().saturating_add(value.len()))?;
-        let req = Req::Put(PutRequest { key: key.to_vec(), value: value.to_vec(), ttl_ms });
+        check_consistency(consistency, "write consistency").map_err(ClientError::InvalidRequest)?;
+        let req =
+            Req::Put(PutRequest { key: key.to_vec(), value: value.to_vec(), ttl_ms, consistency });
         let body = self.send(Dest::Key(token_of(key)), &req).await?;
         decode_write(&body, "put")
     }
 
-    /// Deletes `key` (writes a tombstone); returns the tombstone's version.
+    /// Deletes `key` (writes a tombstone) at [`ClientOptions::write_consistency`]; returns the
+    /// tombstone's version.
     pub async fn delete(&self, key: &[u8]) -> Result<Stamp, ClientError> {
+        self.delete_with(key, self.inner.opts.write_consistency).await
+    }
+
+    /// Deletes `key` once `consistency` replicas (W) acknowledged the tombstone; returns its
+    /// version. `Count(0)` is refused unsent.
+    pub async fn delete_with(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Stamp, ClientError> {
         check_len(key.len())?;
-        let req = Req::Delete(DeleteRequest { key: key.to_vec() });
+        check_consistency(consistency, "write consistency").map_err(ClientError::InvalidRequest)?;
+        let req = Req::Delete(DeleteRequest { key: key.to_vec(), consistency });
         let body = self.send(Dest::Key(token_of(key)), &req).await?;
         decode_write(&body, "delete")
     }
@@ -811,12 +907,17 @@ fn decode_write(body: &AlignedVec, what: &'static str) -> Result<Stamp, ClientEr
 fn decode_error(body: &AlignedVec) -> ClientError {
     if body.is_empty() {
         // `msg::write_error` falls back to an empty body if it cannot serialize the message.
-        return ClientError::Server { code: ErrorCode::Internal, message: "(no message)".into() };
+        return ClientError::Server {
+            code: ErrorCode::Internal,
+            message: "(no message)".into(),
+            detail: ErrorDetail::None,
+        };
     }
     match msg::access::<ArchivedErrorResponse>(body) {
         Ok(e) => ClientError::Server {
             code: ErrorCode::from_u16(e.code.to_native()),
             message: e.message.as_str().to_string(),
+            detail: e.detail.to_native(),
         },
         Err(e) => ClientError::Protocol(format!("invalid error response body: {e}")),
     }

@@ -94,6 +94,8 @@ struct State {
     stats_reply: RefCell<Option<StatsResponse>>,
     /// `ttl_ms` of the last put received.
     last_ttl_ms: Cell<Option<u64>>,
+    /// Opcode and consistency of the last data request received.
+    last_consistency: Cell<Option<(Opcode, Consistency)>>,
 }
 
 impl State {
@@ -165,16 +167,46 @@ impl State {
             }
             Mode::Normal | Mode::Reverse(_) => {}
         }
-        let key: Vec<u8> = match h.opcode {
-            Opcode::Get => msg::access::<ArchivedGetRequest>(body).unwrap().key.as_slice().to_vec(),
-            Opcode::Put => msg::access::<ArchivedPutRequest>(body).unwrap().key.as_slice().to_vec(),
+        let (key, consistency): (Vec<u8>, Consistency) = match h.opcode {
+            Opcode::Get => {
+                let a = msg::access::<ArchivedGetRequest>(body).unwrap();
+                (a.key.as_slice().to_vec(), a.consistency.to_native())
+            }
+            Opcode::Put => {
+                let a = msg::access::<ArchivedPutRequest>(body).unwrap();
+                (a.key.as_slice().to_vec(), a.consistency.to_native())
+            }
             Opcode::Delete => {
-                msg::access::<ArchivedDeleteRequest>(body).unwrap().key.as_slice().to_vec()
+                let a = msg::access::<ArchivedDeleteRequest>(body).unwrap();
+                (a.key.as_slice().to_vec(), a.consistency.to_native())
             }
             other => panic!("unexpected opcode {other:?}"),
         };
+        self.last_consistency.set(Some((h.opcode, consistency)));
         if key.starts_with(b"mute") {
             return Action::Silent;
+        }
+        // "down-" keys answer as a coordinator that finds too few replicas alive, "slow-" keys
+        // as one whose replicas did not acknowledge in time.
+        if key.starts_with(b"down-") {
+            msg::write_error_detail(
+                &mut out,
+                id,
+                ErrorCode::Unavailable,
+                ErrorDetail::Unavailable { needed: 2, alive: 1 },
+                "not enough replicas alive",
+            );
+            return Action::Reply { bytes: out, data: true };
+        }
+        if key.starts_with(b"slow-") {
+            msg::write_error_detail(
+                &mut out,
+                id,
+                ErrorCode::Timeout,
+                ErrorDetail::Timeout { acknowledged: 1, needed: 2 },
+                "",
+            );
+            return Action::Reply { bytes: out, data: true };
         }
         let error = if key.starts_with(b"bad") {
             Some(ErrorCode::InvalidRequest)
@@ -354,6 +386,7 @@ impl Fake {
             stats_ports: RefCell::new(Vec::new()),
             stats_reply: RefCell::new(None),
             last_ttl_ms: Cell::new(None),
+            last_consistency: Cell::new(None),
         });
         Fake { state, node_port, shard_ports }
     }
@@ -442,6 +475,108 @@ fn put_with_ttl_sends_whole_milliseconds_and_refuses_bad_ttls_unsent() {
             assert_eq!(err.code(), ErrorCode::InvalidRequest);
         }
         assert_eq!(fake.state.data_total(), sent, "refused TTLs are not sent");
+        c.close().await;
+    });
+}
+
+/// Requests carry the client's default consistency unless they name their own; a count of 0
+/// is refused before anything is sent, in options and per request.
+#[test]
+fn consistency_goes_on_the_wire_per_request_and_by_default() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        let last = || fake.state.last_consistency.get();
+        c.put(b"k", b"v").await.unwrap();
+        assert_eq!(last(), Some((Opcode::Put, Consistency::Default)));
+        c.get(b"k").await.unwrap();
+        assert_eq!(last(), Some((Opcode::Get, Consistency::Default)));
+        c.get_with(b"k", Consistency::All).await.unwrap();
+        assert_eq!(last(), Some((Opcode::Get, Consistency::All)));
+        let opts =
+            PutOptions { ttl: Some(Duration::from_secs(5)), consistency: Some(Consistency::One) };
+        c.put_with(b"k", b"v", opts).await.unwrap();
+        assert_eq!(last(), Some((Opcode::Put, Consistency::One)));
+        assert_eq!(fake.state.last_ttl_ms.get(), Some(5000));
+        c.delete_with(b"k", Consistency::Count(3)).await.unwrap();
+        assert_eq!(last(), Some((Opcode::Delete, Consistency::Count(3))));
+        c.close().await;
+
+        let c = fake
+            .client(ClientOptions {
+                read_consistency: Consistency::Quorum,
+                write_consistency: Consistency::Count(2),
+                ..quick()
+            })
+            .await;
+        c.get(b"k").await.unwrap();
+        assert_eq!(last(), Some((Opcode::Get, Consistency::Quorum)));
+        c.put_with_ttl(b"k", b"v", Duration::from_secs(1)).await.unwrap();
+        assert_eq!(last(), Some((Opcode::Put, Consistency::Count(2))));
+        c.delete(b"k").await.unwrap();
+        assert_eq!(last(), Some((Opcode::Delete, Consistency::Count(2))));
+
+        let sent = fake.state.data_total();
+        let zero = Consistency::Count(0);
+        let errors = [
+            c.get_with(b"k", zero).await.unwrap_err(),
+            c.put_with(b"k", b"v", PutOptions { ttl: None, consistency: Some(zero) })
+                .await
+                .unwrap_err(),
+            c.delete_with(b"k", zero).await.unwrap_err(),
+        ];
+        for err in errors {
+            assert!(
+                matches!(&err, ClientError::InvalidRequest(m) if m.contains("count of 0")),
+                "{err:?}"
+            );
+        }
+        assert_eq!(fake.state.data_total(), sent, "a count of 0 is not sent");
+        c.close().await;
+
+        for bad in [
+            ClientOptions { read_consistency: zero, ..quick() },
+            ClientOptions { write_consistency: zero, ..quick() },
+        ] {
+            let err = Client::connect(&fake.addr(), bad).await.unwrap_err();
+            assert!(matches!(err, ClientError::InvalidOptions(_)), "{err:?}");
+        }
+    });
+}
+
+/// `Unavailable` and `Timeout` answers keep their replica counts, print them, and are not
+/// retried (the coordinator already asked every replica).
+#[test]
+fn unavailable_and_timeout_details_surface_and_are_not_retried() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let c = fake.client(quick()).await;
+        let err = c.put(b"down-1", b"v").await.unwrap_err();
+        match &err {
+            ClientError::Server { code, detail, .. } => {
+                assert_eq!(*code, ErrorCode::Unavailable);
+                assert_eq!(*detail, ErrorDetail::Unavailable { needed: 2, alive: 1 });
+            }
+            other => panic!("expected a server error, got {other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "server error Unavailable: needed 2, alive 1: not enough replicas alive"
+        );
+        assert_eq!(fake.state.data_total(), 1, "Unavailable is not retried");
+
+        let err = c.get(b"slow-1").await.unwrap_err();
+        assert!(matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Timeout,
+                detail: ErrorDetail::Timeout { acknowledged: 1, needed: 2 },
+                ..
+            }
+        ));
+        assert_eq!(err.code(), ErrorCode::Timeout);
+        assert_eq!(err.to_string(), "server error Timeout: 1 of 2 acknowledged");
+        assert_eq!(fake.state.data_total(), 2, "a replica Timeout is not retried");
         c.close().await;
     });
 }
@@ -564,7 +699,7 @@ fn server_error_frames_surface_with_their_code() {
         let c = fake.client(quick()).await;
         let err = c.put(b"bad-key", b"v").await.unwrap_err();
         match &err {
-            ClientError::Server { code, message } => {
+            ClientError::Server { code, message, .. } => {
                 assert_eq!(*code, ErrorCode::InvalidRequest);
                 assert!(message.contains("bad-key"), "{message}");
             }
