@@ -101,6 +101,10 @@ pub enum Command {
     /// 1 when any failed or did not verify, 2 when the run could not be done. `kvs bench engine`
     /// benchmarks one storage engine in process instead (db_bench-style).
     Bench(BenchCommand),
+    /// Start a local cluster of real `kvs server` processes on 127.0.0.1 .. 127.0.0.N (same
+    /// port), data and logs under --dir; Ctrl-C stops every node cleanly. For trying the store
+    /// and for tests.
+    DevCluster(crate::dev_cluster::DevClusterArgs),
 }
 
 /// `kvs bench [FLAGS]` (the load harness) or `kvs bench SUBCOMMAND`.
@@ -451,6 +455,13 @@ pub fn run() -> i32 {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: {e}");
+                2
+            }
+        },
+        Command::DevCluster(args) => match crate::dev_cluster::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 2
             }
         },

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the `kvs` command (clap): `server`, `put`, `get`, `delete`, `topology`, `stats`,
-//!   `status`, `ring`, `bench`.
+//!   `status`, `ring`, `bench`, `dev-cluster`.
+//! - [`dev_cluster`]: `kvs dev-cluster`, a supervisor of N local nodes on 127.0.0.x.
 //! - [`engine_bench`]: `kvs bench engine`, the db_bench-style benchmark of one shard engine.
 //! - [`config`]: [`config::NodeConfig`], from defaults, a TOML file and flags, with `validate()`.
 //! - [`node`]: bootstrap of the shard executors and the cluster core, pinning, shutdown.
@@ -14,9 +15,11 @@
 //!   shards, and the coordinator that stamps and executes requests.
 //! - [`stats_report`]: what `kvs stats` prints: totals, derived ratios, table and JSON.
 //! - [`cluster`]: pure state machines of the cluster: hybrid logical clock, phi-accrual
-//!   failure detector, gossip membership.
+//!   failure detector, gossip membership, quorum bookkeeping, hinted handoff decisions, range
+//!   movement plans.
 //! - [`transport`]: the glommio tasks around [`cluster`]: gossip exchanges over TCP on the
-//!   cluster core, their authentication, and the topology that follows membership.
+//!   cluster core, their authentication, the topology that follows membership, and the
+//!   durable hint log.
 //! - [`status_report`]: what `kvs status` and `kvs ring` print.
 //!
 //! Below this crate: `kvs-wire` (protocol, placement, client), `kvs-shards` (the per-core
@@ -25,6 +28,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dev_cluster;
 pub mod engine_bench;
 pub mod node;
 pub mod shard;

@@ -16,6 +16,10 @@
 //! - [`gossip`]: membership: node states merged by `(generation, version)`, Cassandra's three-way
 //!   push-pull exchange with `fanout` random live peers per round, and each observer's local
 //!   Alive/Suspect/Down verdict from [`phi`].
+//! - [`hints`]: hinted handoff decisions (window, cap, age, replay order and pacing) and the
+//!   hint record codec; `crate::transport::hint_log` stores and replays them.
+//! - [`movement`]: which token ranges change replicas when the ring changes, who streams each
+//!   to whom, and the write set (old and new replicas) while a move is in progress.
 //!
 //! # Wired into the node
 //! The cluster core of every node runs one [`gossip::Membership`] through
@@ -33,7 +37,9 @@
 //! Down is only each node's own verdict: nothing acts on it yet.
 
 pub mod gossip;
+pub mod hints;
 pub mod hlc;
+pub mod movement;
 pub mod phi;
 pub mod quorum;
 

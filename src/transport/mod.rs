@@ -1,4 +1,5 @@
-//! Glommio tasks that move bytes for [`crate::cluster`]: gossip on the cluster core.
+//! Glommio tasks that move bytes for [`crate::cluster`]: gossip on the cluster core, and
+//! the durable hint log ([`hint_log`]: stores and replays what `cluster::hints` decides).
 //!
 //! [`GossipCore`] wraps one [`Membership`] (the pure state machine) on the cluster-core
 //! executor. It does three things and decides nothing itself:
@@ -28,6 +29,8 @@
 //! The node announces Up as soon as it starts: nothing is streamed at join (Joining is never
 //! used), and there is no decommission (Leaving, Left). Replica writes, hints and streaming
 //! between cluster cores are later increments.
+
+pub mod hint_log;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
