@@ -15,6 +15,8 @@ use kvs_wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 use kvs_wire::msg::AlignedVec;
 use kvs_wire::FrameHeader;
 
+pub mod netns;
+
 /// Path of the `kvs` binary under test.
 pub fn kvs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvs")
