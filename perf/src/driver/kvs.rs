@@ -9,12 +9,12 @@
 //! hidden inside a slower request; the Redis driver does not retry either. Each request is
 //! bounded by `DriverOptions::timeout`.
 //!
-//! Consistency: a kvs node has no replication yet, so every request is answered by one replica.
-//! `--consistency one` (or none) is accepted; anything else is `Unsupported`. When replication
-//! lands (the cluster issue), `DriverOptions::consistency` becomes a per-request consistency
-//! level passed with each get, put and delete.
+//! Consistency: `--consistency one|quorum|all|N` becomes the client's read and write
+//! consistency (R for gets, W for puts and deletes; a number is both); none leaves the node's
+//! configured default. Anything else is `Unsupported` before the run starts.
 
 use kvs_wire::client::{Client, ClientError, ClientOptions};
+use kvs_wire::msg::Consistency;
 
 use super::{Driver, DriverError, DriverOptions, Target};
 
@@ -47,10 +47,31 @@ impl From<ClientError> for DriverError {
     }
 }
 
+/// `one`, `quorum`, `all` or a count of 1..=255.
+fn parse_consistency(c: &str) -> Result<Consistency, DriverError> {
+    match c {
+        "one" => Ok(Consistency::One),
+        "quorum" => Ok(Consistency::Quorum),
+        "all" => Ok(Consistency::All),
+        n => match n.parse::<u8>() {
+            Ok(n) if n > 0 => Ok(Consistency::Count(n)),
+            _ => Err(DriverError::Unsupported(format!(
+                "--consistency {c}: expected one, quorum, all or a count of 1 to 255"
+            ))),
+        },
+    }
+}
+
 /// Connects a client to `addr` with the run's settings.
 async fn connect_client(addr: &str, opts: &DriverOptions) -> Result<Client, DriverError> {
     opts.validate()?;
+    let consistency = match opts.consistency.as_deref() {
+        None => Consistency::Default,
+        Some(c) => parse_consistency(c)?,
+    };
     let client_opts = ClientOptions {
+        read_consistency: consistency,
+        write_consistency: consistency,
         request_timeout: opts.timeout,
         connect_timeout: opts.timeout,
         retries: 0,
@@ -68,14 +89,6 @@ impl Driver for KvsDriver {
                 "the kvs driver needs a kvs:// target, not {target}"
             )));
         };
-        if let Some(c) = opts.consistency.as_deref() {
-            if c != "one" {
-                return Err(DriverError::Unsupported(format!(
-                    "--consistency {c}: kvs has no replication yet, so only `one` is possible \
-                     (per-request consistency comes with the cluster issue)"
-                )));
-            }
-        }
         Ok(KvsDriver { client: connect_client(addr, opts).await? })
     }
 

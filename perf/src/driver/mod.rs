@@ -111,8 +111,8 @@ pub struct DriverOptions {
     /// Requests in flight on this connection (the runner never exceeds it); 1 to
     /// [`PIPELINE_MAX`]. Drivers enforce it too: more requests wait for a slot.
     pub pipeline: usize,
-    /// `--consistency` as given (one, quorum, all or a number), if any. Only `one` is
-    /// supported today (no replication yet); `ping` ignores it.
+    /// `--consistency` as given (one, quorum, all or a number), if any: kvs passes it with
+    /// every request, Redis accepts only `one`, `ping` ignores it.
     pub consistency: Option<String>,
 }
 

@@ -296,10 +296,13 @@ fn connect_refuses_what_it_cannot_serve() {
             crate::driver::KvsDriver::connect(&redis, &o).await,
             Err(DriverError::Unsupported(_))
         ));
-        assert!(matches!(
-            crate::driver::KvsDriver::connect(&kvs, &quorum).await,
-            Err(DriverError::Unsupported(_))
-        ));
+        for bad in ["most", "0", "256"] {
+            let bad = DriverOptions { consistency: Some(bad.into()), ..o.clone() };
+            assert!(matches!(
+                crate::driver::KvsDriver::connect(&kvs, &bad).await,
+                Err(DriverError::Unsupported(_))
+            ));
+        }
         assert!(matches!(
             crate::driver::PingDriver::connect(&kvs, &o).await,
             Err(DriverError::Unsupported(_))
