@@ -240,20 +240,7 @@ fn three_nodes_converge_refuse_a_stranger_and_track_a_crash() {
 
 /// A port P with P and P+1 (node and shard port) free on 127.0.0.1, .2 and .3.
 fn port_free_on_three_addresses() -> u16 {
-    for _ in 0..50 {
-        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if p == u16::MAX {
-            continue;
-        }
-        let held: Vec<_> = (1..=3)
-            .flat_map(|ip| [p, p + 1].map(move |port| format!("127.0.0.{ip}:{port}")))
-            .map(std::net::TcpListener::bind)
-            .collect();
-        if held.iter().all(Result::is_ok) {
-            return p;
-        }
-    }
-    panic!("no port free on 127.0.0.1-3 after 50 tries");
+    support::port_free_on_hosts(3, 1)
 }
 
 fn refs(v: &[String]) -> Vec<&str> {

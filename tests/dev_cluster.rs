@@ -13,16 +13,9 @@ use std::time::{Duration, Instant};
 
 use support::{kvs, kvs_bin};
 
-/// A port free on 127.0.0.1 now (so, very likely, on 127.0.0.2 and .3 too), with room for
-/// the shard port above it.
+/// A port free (with the shard port above it) on 127.0.0.1, .2 and .3.
 fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < u16::MAX - 4 {
-            return port;
-        }
-    }
+    support::port_free_on_hosts(3, 1)
 }
 
 /// A running supervisor and its stdout lines.

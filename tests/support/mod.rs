@@ -236,3 +236,24 @@ pub fn no_retry_client_opts() -> kvs_wire::client::ClientOptions {
         ..kvs_wire::client::ClientOptions::default()
     }
 }
+
+/// A port P such that P ..= P+`span` are free on 127.0.0.1 ..= 127.0.0.`hosts` (node port and
+/// shard ports of nodes that share one port on several loopback addresses). Chosen at random
+/// below the kernel's ephemeral range (32768 and up by default), so no outgoing connection
+/// of a concurrent test or process can take it between this probe and the nodes' bind.
+pub fn port_free_on_hosts(hosts: u8, span: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let p = 20_000 + (h.finish() % 12_000) as u16;
+        let held: Vec<_> = (1..=hosts)
+            .flat_map(|ip| (p..=p + span).map(move |port| format!("127.0.0.{ip}:{port}")))
+            .map(std::net::TcpListener::bind)
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return p;
+        }
+    }
+    panic!("no port range free on 127.0.0.1-{hosts} after 200 tries");
+}
