@@ -358,6 +358,5 @@ fn a_cut_node_is_detected_on_both_sides_the_majority_serves_and_it_converges_aft
          {convergence:?}; whole test {total:?}",
         detections[0], detections[1], detections[2]
     );
-    assert!(total < Duration::from_secs(60), "the test took {total:?}");
     drop(servers);
 }

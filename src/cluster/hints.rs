@@ -30,7 +30,8 @@ use crate::cluster::OptionsError;
 /// Hinted handoff settings (config keys `hint_window_s`, `hints_mb`, `hint_replay_kb`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HintOptions {
-    /// Keep hints for a node only while it has been down at most this long. Default 3 h.
+    /// Keep hints for a node only while it has been down at most this long; 0 turns hinted
+    /// handoff off. Default 3 h.
     pub window_ms: u64,
     /// Bound on all stored hints, bytes. Default 1 GiB.
     pub bytes_max: u64,
@@ -72,6 +73,8 @@ impl HintOptions {
 /// Why a hint was not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HintRefusal {
+    /// Hints are off (a window of 0).
+    Disabled,
     /// The target has been down longer than the window.
     WindowPassed { down_for_ms: u64, window_ms: u64 },
     /// Storing it would pass the cap.
@@ -81,6 +84,7 @@ pub enum HintRefusal {
 impl std::fmt::Display for HintRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            HintRefusal::Disabled => write!(f, "hinted handoff is off (hint window 0)"),
             HintRefusal::WindowPassed { down_for_ms, window_ms } => write!(
                 f,
                 "target down for {} s, longer than the hint window of {} s",
@@ -140,6 +144,10 @@ impl HintLedger {
         now_ms: u64,
         bytes: u64,
     ) -> Result<(), HintRefusal> {
+        if self.options.window_ms == 0 {
+            // Hints are off.
+            return Err(HintRefusal::Disabled);
+        }
         if let Some(since) = down_since_ms {
             let down_for_ms = now_ms.saturating_sub(since);
             if down_for_ms > self.options.window_ms {
@@ -161,7 +169,9 @@ impl HintLedger {
     /// Counts a refusal decided by [`HintLedger::admit`].
     pub fn on_refused(&mut self, why: HintRefusal) {
         match why {
-            HintRefusal::WindowPassed { .. } => self.counters.refused_window += 1,
+            HintRefusal::Disabled | HintRefusal::WindowPassed { .. } => {
+                self.counters.refused_window += 1
+            }
             HintRefusal::Full { .. } => self.counters.refused_full += 1,
         }
     }
@@ -419,6 +429,8 @@ mod tests {
         assert_eq!(l.admit(None, 0, 11), Err(HintRefusal::Full { bytes: 990, bytes_max: 1000 }));
         l.on_refused(HintRefusal::Full { bytes: 990, bytes_max: 1000 });
         assert_eq!(l.counters().refused_full, 1);
+        let off = HintLedger::new(HintOptions { window_ms: 0, ..HintOptions::default() });
+        assert_eq!(off.admit(None, 0, 1), Err(HintRefusal::Disabled));
         assert_eq!(l.total_bytes(), 990, "a refusal changes nothing but a counter");
     }
 
