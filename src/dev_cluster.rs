@@ -9,7 +9,8 @@
 //!
 //! The supervisor starts every node at once, waits (bounded) for each one's ready line, prints
 //! a table and waits. Ctrl-C (SIGINT) or SIGTERM stops every node with SIGTERM, waits for each
-//! (bounded by [`STOP_WAIT`]), kills the stragglers and exits 0. A node that exits on its own
+//! (bounded by [`STOP_WAIT`]), kills the stragglers and exits 0 when every node stopped
+//! cleanly, 1 otherwise. A node that exits on its own
 //! is reported with its status and log path; the others keep running; when none is left the
 //! supervisor exits 1. If the supervisor dies, the kernel sends every node SIGTERM. (The supervisor is a plain thread, not an executor: it may block.)
 
@@ -44,7 +45,7 @@ pub struct DevClusterArgs {
     #[arg(long, default_value = "kvs-dev-cluster")]
     pub dir: PathBuf,
     /// The port every node listens on (each on its own address); shard i uses PORT+1+i.
-    #[arg(long, default_value_t = 7000)]
+    #[arg(long, default_value_t = 7000, value_parser = clap::value_parser!(u16).range(1..=64000))]
     pub port: u16,
     /// Data shards per node [default: the server's default].
     #[arg(long)]
@@ -116,11 +117,18 @@ pub fn run(args: &DevClusterArgs) -> anyhow::Result<i32> {
         }
         // A node outlives no supervisor: if this process dies (even by SIGKILL), the kernel
         // sends each node SIGTERM, which stops it cleanly.
-        // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: prctl(2) and getppid(2) are async-signal-safe and the closure allocates
+        // nothing, as required between fork and exec in a multi-threaded process.
+        let supervisor = std::process::id();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The supervisor may have died between fork and prctl: then no signal comes.
+                if u32::try_from(libc::getppid()).ok() != Some(supervisor) {
+                    // (No allocation between fork and exec: a raw OS error only.)
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
