@@ -117,9 +117,9 @@ pub fn run(args: &DevClusterArgs) -> anyhow::Result<i32> {
         }
         // A node outlives no supervisor: if this process dies (even by SIGKILL), the kernel
         // sends each node SIGTERM, which stops it cleanly.
+        let supervisor = std::process::id();
         // SAFETY: prctl(2) and getppid(2) are async-signal-safe and the closure allocates
         // nothing, as required between fork and exec in a multi-threaded process.
-        let supervisor = std::process::id();
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
