@@ -315,6 +315,9 @@ pub struct ServerArgs {
     /// Replication factor N reported in the topology [default: 3].
     #[arg(long)]
     pub replication_factor: Option<u8>,
+    /// How long a coordinator waits for a remote replica, ms [default: 2000].
+    #[arg(long)]
+    pub replica_timeout_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -427,6 +430,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.replication_factor {
             c.replication_factor = v;
+        }
+        if let Some(v) = self.replica_timeout_ms {
+            c.replica_timeout_ms = v;
         }
         Ok(c)
     }

@@ -132,6 +132,8 @@ pub struct NodeConfig {
     pub phi_threshold: f64,
     /// Replication factor N reported in the topology. Default 3.
     pub replication_factor: u8,
+    /// How long a coordinator waits for a remote replica's answer, ms. Default 2000.
+    pub replica_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -171,6 +173,7 @@ impl Default for NodeConfig {
             gossip_interval_ms: 1000,
             phi_threshold: 8.0,
             replication_factor: 3,
+            replica_timeout_ms: 2000,
         }
     }
 }
@@ -399,6 +402,9 @@ impl NodeConfig {
         }
         if !(10..=60_000).contains(&self.gossip_interval_ms) {
             return Err(invalid("gossip_interval_ms", "must be in 10..=60000"));
+        }
+        if !(10..=600_000).contains(&self.replica_timeout_ms) {
+            return Err(invalid("replica_timeout_ms", "must be in 10..=600000"));
         }
         if !(self.phi_threshold >= 1.0 && self.phi_threshold <= 100.0) {
             return Err(invalid("phi_threshold", "must be in 1..=100"));

@@ -39,6 +39,7 @@ use crate::cluster::gossip::{GossipOptions, Membership, NodeMeta, Status};
 use crate::cluster::phi::PhiOptions;
 use crate::config::{ConfigError, NodeConfig};
 use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
+use crate::transport::replica::{ReplicaLinks, ReplicaLinksHandle};
 use crate::transport::{topology_of, ClusterSettings, GossipCore};
 
 /// How long a failed start waits for the other executors before giving up on them.
@@ -162,6 +163,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         peer_body_bytes_max: config.frame_body_bytes_max(),
         connection_inflight_max: config.connection_inflight_max,
         connections_max: config.connections_max,
+        replica_timeout_ms: config.replica_timeout_ms,
     };
 
     // Executors 0..S are shards; executor S is the cluster core, which serves the node port.
@@ -417,6 +419,14 @@ impl ExecutorJob {
             .detach();
         }
         if let Some((settings, membership)) = self.cluster {
+            let links = ReplicaLinks::new(
+                NodeId(ctx.settings.node_id),
+                settings.cluster_name.clone(),
+                settings.key,
+                ctx.settings.replica_timeout_ms,
+                Rc::downgrade(&ctx),
+            );
+            ctx.set_replica_service(Rc::new(ReplicaLinksHandle(links)));
             let version = ctx.topology().version;
             let core = GossipCore::new(settings, membership, Rc::downgrade(&ctx), version);
             ctx.set_peer_service(core.clone());

@@ -1,0 +1,250 @@
+//! Goal: the replica fan-out works between real processes: on three nodes with N = 3 every key
+//! written at quorum is stored on exactly three nodes; a quorum write through one node is read
+//! at quorum through another; after a node is killed with SIGKILL and marked down, `all` is
+//! refused with `Unavailable` (needed 3, alive 2) while quorum keeps succeeding.
+//! Method: `kvs server` processes on 127.0.0.1, .2 and .3 with one port, one shard each and a
+//! 100 ms gossip interval. "Stored on a node" is checked by a Get at consistency one sent in a
+//! raw frame to that node's owning shard (the coordinator there reads its own replica first,
+//! and with R = 1 only it), so a missing copy fails the test. Every wait is a bounded poll.
+
+#![allow(clippy::disallowed_methods, reason = "test threads may sleep: they are not executors")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kvs_wire::msg::{
+    self, ArchivedErrorResponse, ArchivedGetResponse, Consistency, GetRequest, PutRequest,
+};
+use kvs_wire::{FrameHeader, Opcode};
+use serde_json::Value;
+use support::{kvs, Raw, Server};
+
+/// `kvs status --json` of the node at `addr`, or None when it could not be asked.
+fn status(addr: &str) -> Option<Value> {
+    let out = kvs(&["status", "--addr", addr, "--json", "--timeout-ms", "2000"], None);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls `check` every 100 ms until it returns Some, at most `limit`; panics with `what`.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    for _ in 0..10_000 {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// Liveness of node `id` as the node at `addr` sees it.
+fn liveness(addr: &str, id: &str) -> Option<String> {
+    let s = status(addr)?;
+    s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"].as_str() == Some(id))
+        .and_then(|n| n["liveness"].as_str().map(String::from))
+}
+
+/// Whether every node in `nodes` sees every node in `ids` alive.
+fn all_alive(nodes: &[&Server], ids: &[&str]) -> bool {
+    nodes.iter().all(|n| ids.iter().all(|id| liveness(&n.addr, id).as_deref() == Some("alive")))
+}
+
+/// The address of the only shard of `node` (its node port's host).
+fn shard_of(node: &Server) -> String {
+    let host = node.addr.rsplit_once(':').unwrap().0;
+    format!("{host}:{}", node.shard_ports[0])
+}
+
+/// The answer to one raw request: Ok(value or None) or Err(error message).
+fn raw_call(addr: &str, frame: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut raw = Raw::connect(addr);
+    raw.send(frame);
+    let (h, body) = raw.recv().expect("an answer");
+    match h.opcode {
+        Opcode::Error => {
+            let e = msg::access::<ArchivedErrorResponse>(&body).unwrap();
+            Err(e.message.as_str().to_string())
+        }
+        Opcode::Get => {
+            let g = msg::access::<ArchivedGetResponse>(&body).unwrap();
+            Ok(g.value.as_ref().map(|v| v.as_slice().to_vec()))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn get_frame(key: &str, consistency: Consistency) -> Vec<u8> {
+    let mut out = Vec::new();
+    let req = GetRequest { key: key.as_bytes().to_vec(), consistency };
+    msg::write_frame(&mut out, Opcode::Get, false, 1, &req).unwrap();
+    out
+}
+
+fn put_frame(key: &str, value: &str, consistency: Consistency) -> Vec<u8> {
+    let mut out = Vec::new();
+    let req = PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ttl_ms: 0,
+        consistency,
+    };
+    msg::write_frame(&mut out, Opcode::Put, false, 1, &req).unwrap();
+    out
+}
+
+/// What `node` alone holds for `key` (a Get at consistency one on its owning shard).
+fn local_value(node: &Server, key: &str) -> Option<Vec<u8>> {
+    raw_call(&shard_of(node), &get_frame(key, Consistency::One)).expect("a local read")
+}
+
+#[test]
+fn three_replicas_quorum_across_coordinators_and_all_unavailable_after_a_kill() {
+    let started = Instant::now();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let port = port_free_on_three_addresses();
+    let listen = |ip: u8| format!("127.0.0.{ip}:{port}");
+    let base = [
+        "--shards",
+        "1",
+        "--gossip-interval-ms",
+        "100",
+        "--cluster-name",
+        "repl",
+        "--cluster-secret",
+        "00112233445566778899aabbccddeeff",
+    ];
+    let n1 = Server::start_at(&listen(1), dirs[0].path(), &base);
+    let mut with_seed: Vec<&str> = base.to_vec();
+    let seed = n1.addr.clone();
+    with_seed.extend(["--seeds", &seed]);
+    let n2 = Server::start_at(&listen(2), dirs[1].path(), &with_seed);
+    let mut n3 = Server::start_at(&listen(3), dirs[2].path(), &with_seed);
+    let ids = [n1.node_id.as_str(), n2.node_id.as_str(), n3.node_id.as_str()];
+    wait_for("every node to see all three alive", Duration::from_secs(20), || {
+        all_alive(&[&n1, &n2, &n3], &ids).then_some(())
+    });
+    let t_up = started.elapsed();
+
+    // Quorum writes through each node in turn: each key ends up on all three nodes.
+    let nodes = [&n1, &n2, &n3];
+    let keys: Vec<String> = (0..30).map(|i| format!("rk-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let r = raw_call(
+            &shard_of(nodes[i % 3]),
+            &put_frame(key, &format!("v{i}"), Consistency::Quorum),
+        );
+        assert!(r.is_ok(), "quorum put {key} through node {}: {r:?}", i % 3 + 1);
+    }
+    let t_written = Instant::now();
+    for (i, key) in keys.iter().enumerate() {
+        let want = format!("v{i}").into_bytes();
+        for (j, node) in nodes.iter().enumerate() {
+            // W = 2 answers before the third copy lands: give it a moment.
+            wait_for(&format!("{key} on node {}", j + 1), Duration::from_secs(5), || {
+                (local_value(node, key).as_deref() == Some(&want[..])).then_some(())
+            });
+        }
+    }
+    eprintln!("30 keys on 3 of 3 nodes, checked in {:?}", t_written.elapsed());
+    // A key none wrote is on no node (the check can fail).
+    assert_eq!(local_value(&n2, "never-written"), None);
+
+    // A quorum write through n1 is read at quorum through n2, and through n3 with the CLI.
+    let r = raw_call(&shard_of(&n1), &put_frame("cross", "c1", Consistency::Quorum));
+    assert!(r.is_ok(), "{r:?}");
+    let r = raw_call(&shard_of(&n2), &get_frame("cross", Consistency::Quorum));
+    assert_eq!(r, Ok(Some(b"c1".to_vec())));
+    let get = kvs(&["get", "cross", "--addr", &n3.addr], None);
+    assert_eq!(get.stdout, b"c1", "{}", String::from_utf8_lossy(&get.stderr));
+    let r = raw_call(&shard_of(&n3), &put_frame("cross", "c2", Consistency::All));
+    assert!(r.is_ok(), "all with three alive: {r:?}");
+
+    // kill -9 n3; once n1 and n2 mark it down, `all` is Unavailable and quorum succeeds.
+    let n3_id = n3.node_id.clone();
+    n3.kill9();
+    let killed = Instant::now();
+    wait_for("n3 marked down by n1 and n2", Duration::from_secs(20), || {
+        [&n1, &n2]
+            .iter()
+            .all(|n| liveness(&n.addr, &n3_id).as_deref() == Some("down"))
+            .then_some(())
+    });
+    let detection = killed.elapsed();
+    for n in [&n1, &n2] {
+        // The shards learn the verdict with the next gossip round (100 ms).
+        let e = wait_for("shards to count n3 down", Duration::from_secs(2), || {
+            let r = raw_call(&shard_of(n), &put_frame("after-kill", "x", Consistency::All));
+            let e = r.expect_err("all with a node down");
+            e.contains("too few replicas alive").then_some(e)
+        });
+        assert!(e.contains("too few replicas alive for w = 3"), "{e}");
+        let out = kvs(&["put", "after-kill", "x", "--consistency", "all", "--addr", &n.addr], None);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Unavailable: needed 3, alive 2"), "{err}");
+        let out = kvs(&["get", "cross", "--consistency", "all", "--addr", &n.addr], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Unavailable: needed 3, alive 2"), "{err}");
+    }
+    let out = kvs(&["put", "after-kill", "q", "--addr", &n1.addr], None);
+    assert!(out.status.success(), "quorum with 2 of 3: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kvs(&["get", "after-kill", "--addr", &n2.addr], None);
+    assert_eq!(out.stdout, b"q", "{}", String::from_utf8_lossy(&out.stderr));
+    for key in keys.iter().take(10) {
+        let out = kvs(&["get", key, "--addr", &n1.addr], None);
+        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    eprintln!(
+        "up in {t_up:?}; n3 detected down in {detection:?}; whole test {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn replica_requests_without_the_handshake_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    for addr in [server.addr.clone(), server.shard_addr(0)] {
+        for op in [Opcode::ReplicaWrite, Opcode::ReplicaRead] {
+            let mut raw = Raw::connect(&addr);
+            raw.send(&FrameHeader::request(op, 4, 0).encode());
+            let (h, body) = raw.recv().expect("an answer");
+            assert_eq!((h.opcode, h.request_id), (Opcode::Error, 4));
+            let e = msg::access::<ArchivedErrorResponse>(&body).unwrap();
+            assert!(e.message.as_str().contains("authenticated"), "{}", e.message.as_str());
+            assert!(raw.recv().is_none(), "the connection is closed");
+        }
+        // A malformed hello: an error and a closed connection, not a crash.
+        let mut raw = Raw::connect(&addr);
+        let mut frame = FrameHeader::request(Opcode::PeerHello, 5, 3).encode().to_vec();
+        frame.extend_from_slice(&[1, 2, 3]);
+        raw.send(&frame);
+        let (h, _) = raw.recv().expect("an answer");
+        assert_eq!(h.opcode, Opcode::Error);
+    }
+    let out = kvs(&["put", "k", "v", "--addr", &server.addr], None);
+    assert!(out.status.success(), "still serving: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A port P with P and P+1 (node and shard port) free on 127.0.0.1, .2 and .3.
+fn port_free_on_three_addresses() -> u16 {
+    for _ in 0..50 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if p == u16::MAX {
+            continue;
+        }
+        let held: Vec<_> = (1..=3)
+            .flat_map(|ip| [p, p + 1].map(move |port| format!("127.0.0.{ip}:{port}")))
+            .map(std::net::TcpListener::bind)
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return p;
+        }
+    }
+    panic!("no port free on 127.0.0.1-3 after 50 tries");
+}
