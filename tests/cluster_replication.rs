@@ -1,7 +1,9 @@
 //! Goal: the replica fan-out works between real processes: on three nodes with N = 3 every key
 //! written at quorum is stored on exactly three nodes; a quorum write through one node is read
 //! at quorum through another; after a node is killed with SIGKILL and marked down, `all` is
-//! refused with `Unavailable` (needed 3, alive 2) while quorum keeps succeeding.
+//! refused with `Unavailable` (needed 3, alive 2) while quorum keeps succeeding. A node that
+//! was down during writes gets them back by hinted handoff once restarted; with hints off, a
+//! quorum read through it repairs it (read repair).
 //! Method: `kvs server` processes on 127.0.0.1, .2 and .3 with one port, one shard each and a
 //! 100 ms gossip interval. "Stored on a node" is checked by a Get at consistency one sent in a
 //! raw frame to that node's owning shard (the coordinator there reads its own replica first,
@@ -203,6 +205,158 @@ fn three_replicas_quorum_across_coordinators_and_all_unavailable_after_a_kill() 
         "up in {t_up:?}; n3 detected down in {detection:?}; whole test {:?}",
         started.elapsed()
     );
+}
+
+/// Three nodes on 127.0.0.1..3 with one port, one shard each, 100 ms gossip and `extra` flags.
+struct Three {
+    dirs: Vec<tempfile::TempDir>,
+    port: u16,
+    extra: Vec<String>,
+    nodes: Vec<Server>,
+}
+
+impl Three {
+    fn start(extra: &[&str]) -> Three {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let port = port_free_on_three_addresses();
+        let mut three = Three {
+            dirs,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            nodes: Vec::new(),
+        };
+        for i in 0..3 {
+            let n = three.start_node(i);
+            three.nodes.push(n);
+        }
+        three
+    }
+
+    fn start_node(&self, i: usize) -> Server {
+        let mut args: Vec<String> = [
+            "--shards",
+            "1",
+            "--gossip-interval-ms",
+            "100",
+            "--cluster-name",
+            "repl",
+            "--cluster-secret",
+            "00112233445566778899aabbccddeeff",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.extra.iter().cloned());
+        if i > 0 {
+            args.extend(["--seeds".to_string(), format!("127.0.0.1:{}", self.port)]);
+        }
+        let listen = format!("127.0.0.{}:{}", i + 1, self.port);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_at(&listen, self.dirs[i].path(), &refs)
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.node_id.clone()).collect()
+    }
+
+    /// Waits until every running node sees all three alive.
+    fn wait_all_alive(&self) {
+        let ids = self.ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let nodes: Vec<&Server> = self.nodes.iter().collect();
+        wait_for("every node to see all three alive", Duration::from_secs(20), || {
+            all_alive(&nodes, &ids).then_some(())
+        });
+    }
+
+    /// kill -9 node `i` and waits until the others mark it down and their shards count it so.
+    fn kill_and_wait_down(&mut self, i: usize) {
+        let id = self.nodes[i].node_id.clone();
+        self.nodes[i].kill9();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            wait_for("the killed node marked down", Duration::from_secs(20), || {
+                (liveness(&n.addr, &id).as_deref() == Some("down")).then_some(())
+            });
+            wait_for("shards to count it down", Duration::from_secs(2), || {
+                let r = raw_call(&shard_of(n), &put_frame("probe", "p", Consistency::All));
+                r.err().filter(|e| e.contains("too few replicas alive"))
+            });
+        }
+    }
+}
+
+/// Writes `keys` at quorum through the nodes other than `skip`, in turn.
+fn write_around(three: &Three, skip: usize, keys: &[String]) {
+    let live: Vec<&Server> =
+        three.nodes.iter().enumerate().filter(|(j, _)| *j != skip).map(|(_, n)| n).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let r = raw_call(
+            &shard_of(live[i % live.len()]),
+            &put_frame(key, &format!("h{i}"), Consistency::Quorum),
+        );
+        assert!(r.is_ok(), "quorum put {key} with a node down: {r:?}");
+    }
+}
+
+#[test]
+fn a_node_down_during_writes_gets_them_by_hinted_handoff() {
+    let started = Instant::now();
+    let mut three = Three::start(&[]);
+    three.wait_all_alive();
+    three.kill_and_wait_down(2);
+    let keys: Vec<String> = (0..20).map(|i| format!("hk-{i}")).collect();
+    write_around(&three, 2, &keys);
+    let restarted = Instant::now();
+    three.nodes[2] = three.start_node(2);
+    for (i, key) in keys.iter().enumerate() {
+        let want = format!("h{i}").into_bytes();
+        wait_for(&format!("{key} on the restarted node"), Duration::from_secs(20), || {
+            (local_value(&three.nodes[2], key).as_deref() == Some(&want[..])).then_some(())
+        });
+    }
+    let caught_up = restarted.elapsed();
+    let logs = three.nodes[0].stderr() + &three.nodes[1].stderr();
+    assert!(logs.contains("hints replayed"), "a coordinator logs its replay");
+    eprintln!(
+        "restarted node held all 20 keys {caught_up:?} after restart; test {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn with_hints_off_a_quorum_read_repairs_the_stale_replica() {
+    let started = Instant::now();
+    let mut three = Three::start(&["--hints-mb", "0"]);
+    three.wait_all_alive();
+    three.kill_and_wait_down(2);
+    let keys: Vec<String> = (0..20).map(|i| format!("rr-{i}")).collect();
+    write_around(&three, 2, &keys);
+    three.nodes[2] = three.start_node(2);
+    three.wait_all_alive();
+    // Stale: no hints were kept, so the restarted node alone has none of the keys.
+    for key in &keys {
+        assert_eq!(local_value(&three.nodes[2], key), None, "{key} arrived without repair");
+    }
+    // A quorum read coordinated by the stale node answers the newest version and repairs it.
+    let stale = shard_of(&three.nodes[2]);
+    for (i, key) in keys.iter().enumerate() {
+        let want = format!("h{i}").into_bytes();
+        let got =
+            wait_for("a quorum read through the restarted node", Duration::from_secs(3), || {
+                raw_call(&stale, &get_frame(key, Consistency::Quorum)).ok()
+            });
+        assert_eq!(got.as_deref(), Some(&want[..]), "{key}");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let want = format!("h{i}").into_bytes();
+        wait_for(&format!("{key} repaired"), Duration::from_secs(5), || {
+            (local_value(&three.nodes[2], key).as_deref() == Some(&want[..])).then_some(())
+        });
+    }
+    eprintln!("20 keys repaired by quorum reads; test {:?}", started.elapsed());
 }
 
 #[test]

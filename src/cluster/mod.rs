@@ -35,8 +35,10 @@
 //! # Not yet
 //! A node announces Up at once (no streaming at join, so Joining is unused), there is no
 //! decommission (Leaving, Left) or removal of a dead node, and Left nodes are never
-//! forgotten. Hinted handoff ([`hints`] and `crate::transport::hint_log` exist but are not
-//! wired to the replica fan-out) and Merkle trees join later increments.
+//! forgotten. Merkle trees (anti-entropy) join a later increment. Hinted handoff runs on the
+//! cluster core (`crate::transport::replica` stores failed replica writes through
+//! `crate::transport::hint_log` and replays them when a target is alive again); a node's
+//! "down since" is when its cluster core first saw it not alive (not gossiped).
 
 pub mod gossip;
 pub mod hints;

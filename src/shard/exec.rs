@@ -26,7 +26,7 @@ use super::{bump, ExecutorCtx, ShardMsg};
 use crate::cluster::hlc::wall_ms;
 use crate::cluster::quorum::{
     Access, ConsistencyError, QuorumFailure, ReadKind, ReadOutcome, ReadReply, ReadResolver,
-    ReadStep, Versioned, WriteDecision, WriteTracker,
+    ReadStep, Replica, Versioned, WriteDecision, WriteTracker,
 };
 
 /// The one mapping from engine errors to wire error codes.
@@ -308,6 +308,7 @@ impl ExecutorCtx {
                 let expires_at_ms = (ttl_ms > 0).then(|| wall_ms().saturating_add(ttl_ms));
                 let remote = replica::write_body(key, Some(value), to_wire(stamp), expires_at_ms)
                     .map_err(encode_err)?;
+                self.hint_down(&replicas, &remote);
                 self.write_quorum(
                     tracker,
                     engine.put_with_expiry(key, value, stamp, expires_at_ms),
@@ -324,6 +325,7 @@ impl ExecutorCtx {
                 let stamp = self.stamp();
                 let remote =
                     replica::write_body(key, None, to_wire(stamp), None).map_err(encode_err)?;
+                self.hint_down(&replicas, &remote);
                 self.write_quorum(tracker, engine.delete(key, stamp), remote).await?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
                 msg::write_frame(out, Opcode::Delete, true, request_id, &response)
@@ -409,6 +411,20 @@ impl ExecutorCtx {
                     tracker.needed().get()
                 ),
             ))),
+        }
+    }
+
+    /// Hands the write in `remote` to the cluster core as a hint for every replica that is down
+    /// (not asked); dropped when its channel is full (read repair catches those up).
+    fn hint_down(&self, replicas: &[Replica], remote: &[u8]) {
+        let core = usize::from(self.settings.shard_count);
+        for r in replicas.iter().filter(|r| !r.alive) {
+            if let Some(Some(peer)) = self.peers.get(core) {
+                let msg = ShardMsg::Hint { target: r.node, body: remote.to_vec() };
+                if peer.try_send(msg).is_err() {
+                    bump(&self.counters.overloaded);
+                }
+            }
         }
     }
 

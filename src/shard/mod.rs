@@ -94,6 +94,8 @@ pub enum ShardMsg {
     /// header) for node `target`, from coordinating shard `from` to the cluster core.
     /// `corr` 0 asks for no reply (read repair).
     ReplicaOut { from: usize, corr: u64, target: NodeId, opcode: Opcode, body: Vec<u8> },
+    /// A write for `target`, a replica that is down: kept as a hint by the cluster core.
+    Hint { target: NodeId, body: Vec<u8> },
     /// The answer to the `ReplicaOut` `corr`, from the cluster core.
     ReplicaReply { corr: u64, answer: replica::ReplicaAnswer },
 }
@@ -115,6 +117,11 @@ pub trait ReplicaService {
     /// Sends a replica request to `target` and answers shard `from` with a
     /// [`ShardMsg::ReplicaReply`] of `corr` (unless `corr` is 0), exactly once.
     fn send(&self, from: usize, corr: u64, target: NodeId, opcode: Opcode, body: Vec<u8>);
+    /// Keeps the write in `body` (an archived `ReplicaWrite`) as a hint for `target`, a
+    /// replica that was not asked because it is down.
+    fn hint(&self, target: NodeId, body: Vec<u8>);
+    /// The live set (sorted ids), every gossip round: replays hints to live targets.
+    fn on_liveness(&self, alive: &[u64]);
     /// Answers one `PeerHello` frame, advancing `auth`. Returns false when the connection must
     /// be closed (the error frame is already in `out`).
     fn hello(
@@ -318,7 +325,7 @@ impl ExecutorCtx {
         *self.replica_service.borrow_mut() = Some(service);
     }
 
-    fn replica_service(&self) -> Option<Rc<dyn ReplicaService>> {
+    pub fn replica_service(&self) -> Option<Rc<dyn ReplicaService>> {
         self.replica_service.borrow().clone()
     }
 
@@ -456,6 +463,11 @@ impl ExecutorCtx {
                 }
             }
             ShardMsg::ReplicaReply { corr, answer } => self.on_replica_reply(corr, answer),
+            ShardMsg::Hint { target, body } => {
+                if let Some(service) = self.replica_service() {
+                    service.hint(target, body);
+                }
+            }
         }
     }
 }

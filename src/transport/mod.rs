@@ -1,5 +1,6 @@
-//! Glommio tasks that move bytes for [`crate::cluster`]: gossip on the cluster core, and
-//! the durable hint log ([`hint_log`]: stores and replays what `cluster::hints` decides).
+//! Glommio tasks that move bytes for [`crate::cluster`]: gossip on the cluster core, the
+//! replica links to peers ([`replica`]: replica writes and reads, hinted handoff), and the
+//! durable hint log ([`hint_log`]: stores and replays what `cluster::hints` decides).
 //!
 //! [`GossipCore`] wraps one [`Membership`] (the pure state machine) on the cluster-core
 //! executor. It does three things and decides nothing itself:
@@ -34,8 +35,9 @@
 //!
 //! ## Not yet
 //! The node announces Up as soon as it starts: nothing is streamed at join (Joining is never
-//! used), and there is no decommission (Leaving, Left). Hinted handoff ([`hint_log`] is ready
-//! but not wired in) and streaming between cluster cores are later increments.
+//! used), and there is no decommission (Leaving, Left). Streaming between cluster cores is a
+//! later increment. Hinted handoff is wired in through [`replica`]: failed replica writes
+//! become hints in [`hint_log`], replayed when the live set shows the target again.
 
 pub mod hint_log;
 pub mod replica;
@@ -443,6 +445,9 @@ impl GossipCore {
     /// Sends the live set to every shard when it changed since the last publication.
     fn publish_liveness_if_changed(&self, now: u64) {
         let alive = self.alive_nodes(now);
+        if let Some(service) = self.ctx.upgrade().and_then(|c| c.replica_service()) {
+            service.on_liveness(&alive);
+        }
         let seq = {
             let held = self.published_alive.borrow();
             if *held.1 == alive {

@@ -26,9 +26,21 @@
 //! - A connection with requests in flight that reads nothing for `replica_timeout_ms` is
 //!   dropped; its requests fail. An idle connection is closed after [`LINK_IDLE`].
 //! - Every failure is reported to the coordinator exactly once, with the node and the reason.
+//!
+//! ## Hinted handoff
+//! A coordinator's replica write that fails here (unreachable, refused, full queue, link
+//! dropped or silent for `replica_timeout_ms`) is stored as a hint for its target in the
+//! node's [`HintLog`], and so is every write for a replica the coordinator found down
+//! (`ShardMsg::Hint`). Stores run in the background, at most [`HINT_STORES_MAX`] at once.
+//! Every gossip round [`ReplicaLinks::on_liveness`] notes since when each node is not alive
+//! (the hint window's `down_since_ms`) and starts a replay, one per target at a time, for
+//! every alive target with hints: each hint is sent on the same link and acknowledged before
+//! the next (paced by the log's token bucket); a failure stops the replay, and the next round
+//! tries again. A coordinator's write that times out at the coordinator while still in flight
+//! here is hinted only if it then fails here too. Replays and read repairs are never hinted.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
@@ -36,7 +48,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvs_wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
-use kvs_wire::msg::{self, AlignedVec, ArchivedErrorResponse};
+use kvs_wire::msg::{self, AlignedVec, ArchivedErrorResponse, Stamp};
 use kvs_wire::peer::{
     self, hello_mac, ArchivedPeerHello, ArchivedReplicaReadResponse, ClusterKey, PeerHello,
     ReplicaReadResponse, CLUSTER_NAME_BYTES_MAX,
@@ -46,13 +58,18 @@ use kvs_wire::{ErrorCode, FrameHeader, Opcode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::shard::replica::{read_reply_of, ReplicaAnswer};
+use crate::cluster::hints::Hint;
+use crate::cluster::hlc::wall_ms;
+use crate::shard::replica::{read_reply_of, write_body, ReplicaAnswer};
 use crate::shard::{ExecutorCtx, PeerAuth, ReplicaService, ShardMsg};
+use crate::transport::hint_log::{HintLog, Stored};
 
 /// Requests queued and in flight to one peer, at most.
 pub const LINK_REQUESTS_MAX: usize = 4096;
 /// An idle connection (nothing queued or in flight) is closed after this long.
 pub const LINK_IDLE: Duration = Duration::from_secs(30);
+/// Hint stores (each waits for an fdatasync) in progress at most; more hints are dropped.
+pub const HINT_STORES_MAX: usize = 4096;
 /// Refused handshakes are logged at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -62,15 +79,30 @@ pub fn reconnect_backoff(replica_timeout: Duration) -> Duration {
     replica_timeout.clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
+/// Who waits for a replica request's answer.
+enum Reply {
+    /// Shard `from`, for its request `corr`; 0: nobody (read repair).
+    Shard { from: usize, corr: u64 },
+    /// A task of the cluster core (hint replay).
+    Local(Rc<AnswerSlot>),
+}
+
+/// Where a cluster-core task receives one answer.
+#[derive(Default)]
+struct AnswerSlot {
+    answer: RefCell<Option<ReplicaAnswer>>,
+    ready: crate::shard::notify::Notify,
+}
+
 /// One replica request on its way to a peer.
 struct Outgoing {
-    from: usize,
-    /// 0: nobody waits for the answer (read repair).
-    corr: u64,
+    reply: Reply,
     opcode: Opcode,
     body: Vec<u8>,
     /// A `ReplicaRead` of the digest only (to check the answer's kind).
     digest: bool,
+    /// Store a hint when this write fails (coordinators' writes; not replays or repairs).
+    hint: bool,
 }
 
 /// The link to one peer.
@@ -97,6 +129,15 @@ pub struct ReplicaLinks {
     links: RefCell<HashMap<NodeId, Rc<Link>>>,
     rng: RefCell<StdRng>,
     last_refusal_log: Cell<Option<Instant>>,
+    /// Hinted handoff; `None` when disabled (`hints_mb = 0`) or the log could not open.
+    hints: Option<Rc<HintLog>>,
+    /// Targets whose hints are being replayed.
+    replaying: RefCell<HashSet<u64>>,
+    /// Wall-clock ms since which each known node has been seen not alive.
+    down_since: RefCell<HashMap<u64, u64>>,
+    /// Hint stores in progress (each an fdatasync); past [`HINT_STORES_MAX`] hints are dropped.
+    hint_stores: Cell<usize>,
+    hints_dropped: Cell<u64>,
 }
 
 impl ReplicaLinks {
@@ -106,6 +147,7 @@ impl ReplicaLinks {
         key: ClusterKey,
         replica_timeout_ms: u64,
         ctx: Weak<ExecutorCtx>,
+        hints: Option<Rc<HintLog>>,
     ) -> Rc<ReplicaLinks> {
         Rc::new(ReplicaLinks {
             me,
@@ -116,24 +158,204 @@ impl ReplicaLinks {
             links: RefCell::new(HashMap::new()),
             rng: RefCell::new(StdRng::from_entropy()),
             last_refusal_log: Cell::new(None),
+            hints,
+            replaying: RefCell::new(HashSet::new()),
+            down_since: RefCell::new(HashMap::new()),
+            hint_stores: Cell::new(0),
+            hints_dropped: Cell::new(0),
         })
     }
 
-    /// Answers the shard that sent `o`, unless nobody waits.
-    fn answer(&self, from: usize, corr: u64, answer: ReplicaAnswer) {
-        if corr == 0 {
-            return;
+    /// Delivers the answer to `o` (to its shard or task), and keeps a hint for `node` when a
+    /// coordinator's write failed.
+    fn finish(self: &Rc<Self>, node: NodeId, o: Outgoing, answer: ReplicaAnswer) {
+        if o.hint && o.opcode == Opcode::ReplicaWrite && matches!(answer, ReplicaAnswer::Failed(_))
+        {
+            self.store_hint(node, o.body);
         }
-        if let Some(ctx) = self.ctx.upgrade() {
-            ctx.send_to(from, ShardMsg::ReplicaReply { corr, answer });
+        match o.reply {
+            Reply::Shard { corr: 0, .. } => {}
+            Reply::Shard { from, corr } => {
+                if let Some(ctx) = self.ctx.upgrade() {
+                    ctx.send_to(from, ShardMsg::ReplicaReply { corr, answer });
+                }
+            }
+            Reply::Local(slot) => {
+                *slot.answer.borrow_mut() = Some(answer);
+                slot.ready.notify();
+            }
         }
     }
 
-    fn fail_all(&self, link: &Link, why: &str) {
+    fn fail_all(self: &Rc<Self>, link: &Link, why: &str) {
         let inflight: Vec<Outgoing> = link.inflight.borrow_mut().drain().map(|(_, o)| o).collect();
         let queued: Vec<Outgoing> = link.queue.borrow_mut().drain(..).collect();
         for o in inflight.into_iter().chain(queued) {
-            self.answer(o.from, o.corr, ReplicaAnswer::Failed(why.to_string()));
+            self.finish(link.node, o, ReplicaAnswer::Failed(why.to_string()));
+        }
+    }
+
+    /// Stores the write in `body` (an archived `ReplicaWriteRequest`) as a hint for `node`,
+    /// in the background; dropped (counted) when hints are off or too many stores are running.
+    pub fn store_hint(self: &Rc<Self>, node: NodeId, body: Vec<u8>) {
+        let Some(log) = self.hints.clone() else { return };
+        if self.hint_stores.get() >= HINT_STORES_MAX {
+            self.hints_dropped.set(self.hints_dropped.get() + 1);
+            return;
+        }
+        let mut aligned: AlignedVec = AlignedVec::with_capacity(body.len());
+        aligned.extend_from_slice(&body);
+        let Ok(w) = msg::access::<peer::ArchivedReplicaWriteRequest>(&aligned) else { return };
+        let now = wall_ms();
+        let hint = Hint {
+            key: w.key.as_slice().to_vec(),
+            value: w.value.as_ref().map(|v| v.as_slice().to_vec()),
+            stamp_hlc: w.stamp.hlc.to_native(),
+            stamp_node: w.stamp.node.to_native(),
+            hinted_at_ms: now,
+            expires_at_ms: w.expires_at_ms.to_native(),
+        };
+        let down_since = self.down_since.borrow().get(&node.0).copied();
+        self.hint_stores.set(self.hint_stores.get() + 1);
+        let links = self.clone();
+        glommio::spawn_local(async move {
+            match log.store(node.0, down_since, &hint, now).await {
+                Ok(Stored::Kept) => {}
+                Ok(Stored::Refused(why)) => {
+                    tracing::debug!(node = format!("{:016x}", node.0), "hint refused: {why:?}")
+                }
+                Err(e) => tracing::warn!(node = format!("{:016x}", node.0), "storing a hint: {e}"),
+            }
+            links.hint_stores.set(links.hint_stores.get().saturating_sub(1));
+        })
+        .detach();
+    }
+
+    /// News of the live set (every gossip round): tracks since when nodes are down, and
+    /// replays the hints of every live target that has some.
+    pub fn on_liveness(self: &Rc<Self>, alive: &[u64]) {
+        let now = wall_ms();
+        if let Some(ctx) = self.ctx.upgrade() {
+            let topology = ctx.topology();
+            let mut down = self.down_since.borrow_mut();
+            for n in &topology.nodes {
+                if alive.binary_search(&n.id).is_ok() {
+                    down.remove(&n.id);
+                } else {
+                    down.entry(n.id).or_insert(now);
+                }
+            }
+            down.retain(|id, _| topology.nodes.iter().any(|n| n.id == *id));
+        }
+        let Some(log) = self.hints.clone() else { return };
+        let targets = log.ledger().targets();
+        for target in targets {
+            if target == self.me.0
+                || alive.binary_search(&target).is_err()
+                || !self.replaying.borrow_mut().insert(target)
+            {
+                continue;
+            }
+            let links = self.clone();
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let sender = links.clone();
+                let report = log
+                    .replay(target, wall_ms, move |hint| {
+                        let sender = sender.clone();
+                        async move { sender.replay_one(NodeId(target), hint).await }
+                    })
+                    .await;
+                match report {
+                    Ok(r) if r.sent > 0 || r.expired > 0 || r.stopped.is_some() => {
+                        tracing::info!(
+                            node = format!("{target:016x}"),
+                            sent = r.sent,
+                            expired = r.expired,
+                            stopped = r.stopped.as_deref().unwrap_or("no"),
+                            "hints replayed"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(node = format!("{target:016x}"), "hint replay: {e}"),
+                }
+                links.replaying.borrow_mut().remove(&target);
+            })
+            .detach();
+        }
+    }
+
+    /// Sends one hint to `node` and waits for its acknowledgement.
+    async fn replay_one(self: &Rc<Self>, node: NodeId, hint: Hint) -> Result<(), String> {
+        let stamp = Stamp { hlc: hint.stamp_hlc, node: hint.stamp_node };
+        let expires = (hint.expires_at_ms > 0).then_some(hint.expires_at_ms);
+        let body = write_body(&hint.key, hint.value.as_deref(), stamp, expires)
+            .map_err(|e| format!("encoding a hint: {e}"))?;
+        let slot = Rc::new(AnswerSlot::default());
+        let o = Outgoing {
+            reply: Reply::Local(slot.clone()),
+            opcode: Opcode::ReplicaWrite,
+            body,
+            digest: false,
+            hint: false,
+        };
+        self.enqueue(node, o);
+        let limit = self.timeout.saturating_mul(2);
+        let answered = futures_lite::future::or(
+            async {
+                loop {
+                    if let Some(a) = slot.answer.borrow_mut().take() {
+                        return Some(a);
+                    }
+                    slot.ready.wait().await;
+                }
+            },
+            async {
+                glommio::timer::sleep(limit).await;
+                None
+            },
+        )
+        .await;
+        match answered {
+            Some(ReplicaAnswer::Ack) => Ok(()),
+            Some(ReplicaAnswer::Failed(why)) => Err(why),
+            Some(ReplicaAnswer::Read(_)) => Err("a write answered as a read".into()),
+            None => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// Queues `o` for `target` (failing it at once when the link is unreachable or full) and
+    /// makes sure the link's task runs.
+    fn enqueue(self: &Rc<Self>, target: NodeId, o: Outgoing) {
+        let node = target.0;
+        if target == self.me {
+            let why = format!("node {node:016x} is this node: not sent");
+            self.finish(target, o, ReplicaAnswer::Failed(why));
+            return;
+        }
+        let link = self.link(target);
+        let down = link.down_until.borrow().clone();
+        if let Some((until, why)) = down {
+            if Instant::now() < until {
+                let why = format!("node {node:016x} is unreachable: {why}");
+                self.finish(target, o, ReplicaAnswer::Failed(why));
+                return;
+            }
+        }
+        let held = link.queue.borrow().len() + link.inflight.borrow().len();
+        if held >= LINK_REQUESTS_MAX {
+            let why = format!(
+                "the queue to node {node:016x} is full ({held} requests; LINK_REQUESTS_MAX \
+                 {LINK_REQUESTS_MAX})"
+            );
+            self.finish(target, o, ReplicaAnswer::Failed(why));
+            return;
+        }
+        link.queue.borrow_mut().push_back(o);
+        link.wake.notify();
+        if !link.running.get() {
+            link.running.set(true);
+            glommio::spawn_local(self.clone().run_link(link)).detach();
         }
     }
 
@@ -233,7 +455,7 @@ impl ReplicaLinks {
         }
     }
 
-    fn mark_down(&self, link: &Link, e: String) {
+    fn mark_down(self: &Rc<Self>, link: &Link, e: String) {
         let why = format!("node {:016x} is unreachable: {e}", link.node.0);
         tracing::debug!("{why}");
         *link.down_until.borrow_mut() = Some((Instant::now() + reconnect_backoff(self.timeout), e));
@@ -310,7 +532,11 @@ impl ReplicaLinks {
     }
 
     /// Carries `link`'s requests over `stream` until it fails or idles out.
-    async fn serve_connection(&self, link: &Link, stream: TcpStream) -> Result<(), String> {
+    async fn serve_connection(
+        self: &Rc<Self>,
+        link: &Link,
+        stream: TcpStream,
+    ) -> Result<(), String> {
         let (mut rd, mut wr) = futures_lite::io::split(stream);
         let reader = async {
             loop {
@@ -374,7 +600,7 @@ impl ReplicaLinks {
     }
 
     /// A response from `link`'s peer: the answer to the request with its id.
-    fn on_response(&self, link: &Link, h: FrameHeader, body: AlignedVec) {
+    fn on_response(self: &Rc<Self>, link: &Link, h: FrameHeader, body: AlignedVec) {
         let Some(o) = link.inflight.borrow_mut().remove(&h.request_id) else {
             return;
         };
@@ -402,7 +628,7 @@ impl ReplicaLinks {
                 o.opcode
             )),
         };
-        self.answer(o.from, o.corr, answer);
+        self.finish(link.node, o, answer);
     }
 
     fn log_refusal(&self, message: &str) {
@@ -532,44 +758,19 @@ pub struct ReplicaLinksHandle(pub Rc<ReplicaLinks>);
 
 impl ReplicaService for ReplicaLinksHandle {
     fn send(&self, from: usize, corr: u64, target: NodeId, opcode: Opcode, body: Vec<u8>) {
-        let links = &self.0;
-        let node = target.0;
-        if target == links.me {
-            links.answer(
-                from,
-                corr,
-                ReplicaAnswer::Failed(format!("node {node:016x} is this node: not sent")),
-            );
-            return;
-        }
-        let link = links.link(target);
-        let down = link.down_until.borrow().clone();
-        if let Some((until, why)) = down {
-            if Instant::now() < until {
-                let msg = format!("node {node:016x} is unreachable: {why}");
-                links.answer(from, corr, ReplicaAnswer::Failed(msg));
-                return;
-            }
-        }
-        let held = link.queue.borrow().len() + link.inflight.borrow().len();
-        if held >= LINK_REQUESTS_MAX {
-            links.answer(
-                from,
-                corr,
-                ReplicaAnswer::Failed(format!(
-                    "the queue to node {node:016x} is full ({held} requests; \
-                     LINK_REQUESTS_MAX {LINK_REQUESTS_MAX})"
-                )),
-            );
-            return;
-        }
         let digest = opcode == Opcode::ReplicaRead && is_digest_read(&body);
-        link.queue.borrow_mut().push_back(Outgoing { from, corr, opcode, body, digest });
-        link.wake.notify();
-        if !link.running.get() {
-            link.running.set(true);
-            glommio::spawn_local(links.clone().run_link(link)).detach();
-        }
+        // Coordinators' writes become hints when they fail; read repairs (corr 0) do not.
+        let hint = opcode == Opcode::ReplicaWrite && corr != 0;
+        let o = Outgoing { reply: Reply::Shard { from, corr }, opcode, body, digest, hint };
+        self.0.enqueue(target, o);
+    }
+
+    fn hint(&self, target: NodeId, body: Vec<u8>) {
+        self.0.store_hint(target, body);
+    }
+
+    fn on_liveness(&self, alive: &[u64]) {
+        self.0.on_liveness(alive);
     }
 
     fn hello(
