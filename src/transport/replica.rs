@@ -790,3 +790,76 @@ fn is_digest_read(body: &[u8]) -> bool {
     aligned.extend_from_slice(body);
     msg::access::<peer::ArchivedReplicaReadRequest>(&aligned).map(|r| r.digest).unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the listener's side of the handshake admits a connector that holds the cluster key
+    //! and refuses every other (wrong secret, wrong cluster, steps out of order, garbage).
+    //! Method: drive `serve_hello` with frames a connector would send, computing its tags.
+    use super::*;
+
+    fn listener(secret: &[u8]) -> Rc<ReplicaLinks> {
+        ReplicaLinks::new(
+            NodeId(2),
+            "c".into(),
+            ClusterKey::derive("c", secret),
+            100,
+            Weak::new(),
+            None,
+        )
+    }
+
+    fn body_of(m: &PeerHello) -> AlignedVec {
+        let mut out = Vec::new();
+        msg::write_frame(&mut out, Opcode::PeerHello, false, 1, m).unwrap();
+        let mut body: AlignedVec = AlignedVec::new();
+        body.extend_from_slice(&out[FRAME_HEADER_BYTES..]);
+        body
+    }
+
+    /// Runs Hello then Proof from node 1 holding `secret`; returns whether the proof passed.
+    fn handshake(l: &ReplicaLinks, cluster: &str, secret: &[u8]) -> (bool, PeerAuth) {
+        let auth = Cell::new(PeerAuth::None);
+        let mut out = Vec::new();
+        let hello = PeerHello::Hello { cluster_name: cluster.into(), sender_id: 1, nonce: 11 };
+        if !l.serve_hello(1, &body_of(&hello), &auth, &mut out) {
+            return (false, auth.get());
+        }
+        let h = FrameHeader::decode(&out, 1 << 20).unwrap();
+        assert_eq!((h.opcode, h.response), (Opcode::PeerHello, true));
+        let mut body: AlignedVec = AlignedVec::new();
+        body.extend_from_slice(&out[FRAME_HEADER_BYTES..]);
+        let ArchivedPeerHello::Challenge { sender_id, nonce, mac } =
+            msg::access::<ArchivedPeerHello>(&body).unwrap()
+        else {
+            panic!("not a challenge")
+        };
+        let key = ClusterKey::derive("c", secret);
+        let listener = (sender_id.to_native(), nonce.to_native());
+        let expected = hello_mac(&key, true, "c", (1, 11), listener);
+        // The connector checks the listener's tag: it matches only with the same key.
+        assert_eq!(peer::tags_equal(&expected, mac), secret == b"s");
+        let proof = PeerHello::Proof { mac: hello_mac(&key, false, "c", (1, 11), listener) };
+        out.clear();
+        let ok = l.serve_hello(2, &body_of(&proof), &auth, &mut out);
+        (ok, auth.get())
+    }
+
+    #[test]
+    fn only_a_connector_with_the_cluster_key_is_authenticated() {
+        let l = listener(b"s");
+        assert_eq!(handshake(&l, "c", b"s"), (true, PeerAuth::Authenticated { peer: 1 }));
+        assert_eq!(handshake(&l, "c", b"wrong"), (false, PeerAuth::None));
+        assert_eq!(handshake(&l, "other", b"s"), (false, PeerAuth::None));
+        // A proof before any hello, and garbage: refused with an error frame.
+        let auth = Cell::new(PeerAuth::None);
+        let mut out = Vec::new();
+        assert!(!l.serve_hello(3, &body_of(&PeerHello::Proof { mac: [0; 16] }), &auth, &mut out));
+        assert_eq!(FrameHeader::decode(&out, 1 << 20).unwrap().opcode, Opcode::Error);
+        let mut junk: AlignedVec = AlignedVec::new();
+        junk.extend_from_slice(&[7u8; 13]);
+        out.clear();
+        assert!(!l.serve_hello(4, &junk, &auth, &mut out));
+        assert_eq!(auth.get(), PeerAuth::None);
+    }
+}
