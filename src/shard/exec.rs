@@ -476,8 +476,12 @@ impl ExecutorCtx {
         let mut failures: Vec<String> = Vec::new();
         let mut step: ReadStep;
         let mut asked = targets;
+        // What each replica was last asked for, to ask a spare for the same.
+        let mut kinds: Vec<(NodeId, ReadKind)> = Vec::with_capacity(asked.len());
         'read: loop {
             for (node, kind) in std::mem::take(&mut asked) {
+                kinds.retain(|(n, _)| *n != node);
+                kinds.push((node, kind));
                 match self.ask_read(&inbox, node, kind, key).await {
                     Ok(corr) => corrs.extend(corr),
                     Err(r) => {
@@ -491,6 +495,14 @@ impl ExecutorCtx {
                     ReplicaAnswer::Read(reply) => resolver.on_reply(node, reply),
                     ReplicaAnswer::Failed(why) => {
                         failures.push(why);
+                        // An alive replica the read did not ask takes the failed one's place.
+                        let kind = kinds
+                            .iter()
+                            .find(|(n, _)| *n == node)
+                            .map_or(ReadKind::Digest, |(_, k)| *k);
+                        if let Some(spare) = resolver.replace_with_spare(node, kind) {
+                            asked.push((spare, kind));
+                        }
                         resolver.on_failure(node)
                     }
                     ReplicaAnswer::Ack => resolver.on_failure(node),
