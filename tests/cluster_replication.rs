@@ -56,6 +56,17 @@ fn all_alive(nodes: &[&Server], ids: &[&str]) -> bool {
     nodes.iter().all(|n| ids.iter().all(|id| liveness(&n.addr, id).as_deref() == Some("alive")))
 }
 
+/// Waits until every node's shard counts all three replicas alive: the shards learn the
+/// failure detector's verdicts with the gossip round after `kvs status` shows them, so this
+/// probes with a write at consistency `all`.
+fn shards_see_all_alive(nodes: &[&Server]) {
+    for n in nodes {
+        wait_for("the shard to count all three alive", Duration::from_secs(5), || {
+            raw_call(&shard_of(n), &put_frame("probe", "p", Consistency::All)).ok()
+        });
+    }
+}
+
 /// The address of the only shard of `node` (its node port's host).
 fn shard_of(node: &Server) -> String {
     let host = node.addr.rsplit_once(':').unwrap().0;
@@ -130,6 +141,7 @@ fn three_replicas_quorum_across_coordinators_and_all_unavailable_after_a_kill() 
     wait_for("every node to see all three alive", Duration::from_secs(20), || {
         all_alive(&[&n1, &n2, &n3], &ids).then_some(())
     });
+    shards_see_all_alive(&[&n1, &n2, &n3]);
     let t_up = started.elapsed();
 
     // Quorum writes through each node in turn: each key ends up on all three nodes.
@@ -185,6 +197,9 @@ fn three_replicas_quorum_across_coordinators_and_all_unavailable_after_a_kill() 
             e.contains("too few replicas alive").then_some(e)
         });
         assert!(e.contains("too few replicas alive for w = 3"), "{e}");
+    }
+    // The CLI may coordinate through either live node: both count n3 down now.
+    for n in [&n1, &n2] {
         let out = kvs(&["put", "after-kill", "x", "--consistency", "all", "--addr", &n.addr], None);
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -267,6 +282,7 @@ impl Three {
         wait_for("every node to see all three alive", Duration::from_secs(20), || {
             all_alive(&nodes, &ids).then_some(())
         });
+        shards_see_all_alive(&nodes);
     }
 
     /// kill -9 node `i` and waits until the others mark it down and their shards count it so.

@@ -13,16 +13,24 @@ use std::time::{Duration, Instant};
 
 use support::{kvs, kvs_bin};
 
-/// A port free on 127.0.0.1 now (so, very likely, on 127.0.0.2 and .3 too), with room for
-/// the shard port above it.
+/// A port P with P and P+1 (node and shard port) free on 127.0.0.1, .2 and .3 now.
 fn free_port() -> u16 {
-    loop {
+    for _ in 0..50 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        if port < u16::MAX - 4 {
+        drop(l);
+        if port >= u16::MAX - 4 {
+            continue;
+        }
+        let held: Vec<_> = (1..=3)
+            .flat_map(|ip| [port, port + 1].map(move |p| format!("127.0.0.{ip}:{p}")))
+            .map(std::net::TcpListener::bind)
+            .collect();
+        if held.iter().all(Result::is_ok) {
             return port;
         }
     }
+    panic!("no port free on 127.0.0.1-3 after 50 tries");
 }
 
 /// A running supervisor and its stdout lines.

@@ -306,8 +306,13 @@ impl ExecutorCtx {
                 // The expiry is absolute, by this node's wall clock (the engine judges it by
                 // the same clock); `ttl_ms <= TTL_MS_MAX` keeps the sum far from overflow.
                 let expires_at_ms = (ttl_ms > 0).then(|| wall_ms().saturating_add(ttl_ms));
-                let remote = replica::write_body(key, Some(value), to_wire(stamp), expires_at_ms)
-                    .map_err(encode_err)?;
+                // The copy for peers is archived only when some replica is remote.
+                let remote = if self.has_remote(&replicas) {
+                    replica::write_body(key, Some(value), to_wire(stamp), expires_at_ms)
+                        .map_err(encode_err)?
+                } else {
+                    Vec::new()
+                };
                 self.hint_down(&replicas, &remote);
                 self.write_quorum(
                     tracker,
@@ -323,8 +328,11 @@ impl ExecutorCtx {
                 let tracker =
                     WriteTracker::new(&replicas, needed).map_err(|f| quorum_refusal(f, access))?;
                 let stamp = self.stamp();
-                let remote =
-                    replica::write_body(key, None, to_wire(stamp), None).map_err(encode_err)?;
+                let remote = if self.has_remote(&replicas) {
+                    replica::write_body(key, None, to_wire(stamp), None).map_err(encode_err)?
+                } else {
+                    Vec::new()
+                };
                 self.hint_down(&replicas, &remote);
                 self.write_quorum(tracker, engine.delete(key, stamp), remote).await?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
@@ -412,6 +420,11 @@ impl ExecutorCtx {
                 ),
             ))),
         }
+    }
+
+    /// Whether any of `replicas` is another node.
+    fn has_remote(&self, replicas: &[Replica]) -> bool {
+        replicas.iter().any(|r| r.node.0 != self.settings.node_id)
     }
 
     /// Hands the write in `remote` to the cluster core as a hint for every replica that is down
