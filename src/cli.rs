@@ -315,6 +315,18 @@ pub struct ServerArgs {
     /// Replication factor N reported in the topology [default: 3].
     #[arg(long)]
     pub replication_factor: Option<u8>,
+    /// How long a coordinator waits for a remote replica, ms [default: 2000].
+    #[arg(long)]
+    pub replica_timeout_ms: Option<u64>,
+    /// Keep hints for a node down at most this long, s [default: 10800].
+    #[arg(long)]
+    pub hint_window_s: Option<u64>,
+    /// Bound on stored hints, MiB; 0 disables hinted handoff [default: 1024].
+    #[arg(long)]
+    pub hints_mb: Option<u64>,
+    /// Hint replay pace per target node, KiB/s [default: 4096].
+    #[arg(long)]
+    pub hint_replay_kb: Option<u64>,
 }
 
 impl ServerArgs {
@@ -427,6 +439,18 @@ impl ServerArgs {
         }
         if let Some(v) = self.replication_factor {
             c.replication_factor = v;
+        }
+        if let Some(v) = self.replica_timeout_ms {
+            c.replica_timeout_ms = v;
+        }
+        if let Some(v) = self.hint_window_s {
+            c.hint_window_s = v;
+        }
+        if let Some(v) = self.hints_mb {
+            c.hints_mb = v;
+        }
+        if let Some(v) = self.hint_replay_kb {
+            c.hint_replay_kb = v;
         }
         Ok(c)
     }

@@ -132,6 +132,15 @@ pub struct NodeConfig {
     pub phi_threshold: f64,
     /// Replication factor N reported in the topology. Default 3.
     pub replication_factor: u8,
+    /// How long a coordinator waits for a remote replica's answer, ms. Default 2000.
+    pub replica_timeout_ms: u64,
+    /// Hints are kept for a node only while it has been down at most this long, seconds.
+    /// Default 10800 (3 h).
+    pub hint_window_s: u64,
+    /// Bound on all hints this node stores, MiB; 0 disables hinted handoff. Default 1024.
+    pub hints_mb: u64,
+    /// Hint replay pace per target node, KiB per second. Default 4096.
+    pub hint_replay_kb: u64,
 }
 
 impl Default for NodeConfig {
@@ -171,6 +180,10 @@ impl Default for NodeConfig {
             gossip_interval_ms: 1000,
             phi_threshold: 8.0,
             replication_factor: 3,
+            replica_timeout_ms: 2000,
+            hint_window_s: 3 * 3600,
+            hints_mb: 1024,
+            hint_replay_kb: 4096,
         }
     }
 }
@@ -399,6 +412,18 @@ impl NodeConfig {
         }
         if !(10..=60_000).contains(&self.gossip_interval_ms) {
             return Err(invalid("gossip_interval_ms", "must be in 10..=60000"));
+        }
+        if self.hint_window_s > 72 * 3600 {
+            return Err(invalid("hint_window_s", "must be at most 259200 (72 h, the hint age)"));
+        }
+        if self.hints_mb > 1 << 30 {
+            return Err(invalid("hints_mb", "must be at most 2^30"));
+        }
+        if self.hint_replay_kb == 0 || self.hint_replay_kb > 1 << 30 {
+            return Err(invalid("hint_replay_kb", "must be in 1..=2^30"));
+        }
+        if !(10..=600_000).contains(&self.replica_timeout_ms) {
+            return Err(invalid("replica_timeout_ms", "must be in 10..=600000"));
         }
         if !(self.phi_threshold >= 1.0 && self.phi_threshold <= 100.0) {
             return Err(invalid("phi_threshold", "must be in 1..=100"));

@@ -12,14 +12,15 @@
 //! - [`config`]: [`config::NodeConfig`], from defaults, a TOML file and flags, with `validate()`.
 //! - [`node`]: bootstrap of the shard executors and the cluster core, pinning, shutdown.
 //! - [`shard`]: the per-executor task: listener, frame loop, routing and forwarding between
-//!   shards, and the coordinator that stamps and executes requests.
+//!   shards, and the coordinator that stamps requests, applies the local replica, fans the
+//!   others out through the cluster core and repairs stale replicas after reads.
 //! - [`stats_report`]: what `kvs stats` prints: totals, derived ratios, table and JSON.
 //! - [`cluster`]: pure state machines of the cluster: hybrid logical clock, phi-accrual
 //!   failure detector, gossip membership, quorum bookkeeping, hinted handoff decisions, range
 //!   movement plans.
 //! - [`transport`]: the glommio tasks around [`cluster`]: gossip exchanges over TCP on the
-//!   cluster core, their authentication, the topology that follows membership, and the
-//!   durable hint log.
+//!   cluster core, their authentication, the topology and live set that follow membership,
+//!   the authenticated replica links to peers (with hinted handoff), and the durable hint log.
 //! - [`status_report`]: what `kvs status` and `kvs ring` print.
 //!
 //! Below this crate: `kvs-wire` (protocol, placement, client), `kvs-shards` (the per-core

@@ -96,6 +96,21 @@ fn alive(pid: u32) -> bool {
             .contains(") Z ")
 }
 
+/// Runs the CLI with `args`, again while it answers `Unavailable` for at most 3 s: the shards
+/// learn the failure detector's verdicts with the next gossip round (1 s in a dev cluster).
+fn quorum_settled(args: &[&str]) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let out = kvs(args, None);
+        if !String::from_utf8_lossy(&out.stderr).contains("Unavailable")
+            || Instant::now() > deadline
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits (at most 30 s) until `kvs status` at `addr` shows three nodes, all up and alive.
 fn wait_all_up(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -123,15 +138,18 @@ fn dev_cluster_starts_serves_stops_and_restarts_on_its_data() {
 
     let mut cluster = DevCluster::start(dir.path(), port);
     let pids = cluster.wait_ready();
-    // The nodes form one cluster (the status of any node lists all three, up).
-    wait_all_up(&addr(2));
-    // Consistency one: the replica fan-out to peers is not built yet, so quorum is refused.
+    // The nodes form one cluster (the status of every node lists all three, up and alive).
+    for n in 1..=3u8 {
+        wait_all_up(&addr(n));
+    }
+    // Quorum (the default) through each node, read back at quorum through the next one.
     for n in 1..=3u8 {
         let key = format!("key-{n}");
-        let out = kvs(&["put", &key, "hello", "--consistency", "one", "--addr", &addr(n)], None);
+        let out = quorum_settled(&["put", &key, "hello", "--addr", &addr(n)]);
         assert!(out.status.success(), "put via node {n}: {out:?}");
-        let out = kvs(&["get", &key, "--consistency", "one", "--addr", &addr(n)], None);
-        assert_eq!(out.stdout, b"hello", "get via node {n}: {out:?}");
+        let next = n % 3 + 1;
+        let out = quorum_settled(&["get", &key, "--addr", &addr(next)]);
+        assert_eq!(out.stdout, b"hello", "get via node {next}: {out:?}");
     }
     assert_eq!(cluster.interrupt(), Some(0), "clean stop");
     for pid in &pids {
@@ -150,7 +168,7 @@ fn dev_cluster_starts_serves_stops_and_restarts_on_its_data() {
     assert_eq!(std::fs::read_to_string(dir.path().join("cluster-secret")).unwrap(), secret);
     for n in 1..=3u8 {
         let key = format!("key-{n}");
-        let out = kvs(&["get", &key, "--consistency", "one", "--addr", &addr(n)], None);
+        let out = quorum_settled(&["get", &key, "--addr", &addr(n)]);
         assert_eq!(out.stdout, b"hello", "after restart, node {n}: {out:?}");
     }
     assert_eq!(cluster.interrupt(), Some(0));

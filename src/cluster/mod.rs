@@ -28,13 +28,17 @@
 //! nodes) whenever its version grows, published to every shard. `kvs status` and `kvs ring`
 //! read the membership through the `ClusterStatus` opcode.
 //!
+//! The shards run every request through [`quorum`] over the key's replica set, counting as
+//! alive the nodes the cluster core's failure detector holds alive (published to every shard
+//! each round); remote copies travel over `crate::transport::replica` links.
+//!
 //! # Not yet
-//! No data moves between nodes: the shard runs every request through [`quorum`] with a
-//! replica set in which only its own node counts as alive, since no transport carries
-//! requests to remote replicas yet (the fan-out). A node announces Up at once (no streaming at
-//! join, so Joining is unused), there is no decommission (Leaving, Left) or removal of a dead
-//! node, and Left nodes are never forgotten. Hints and Merkle trees join later increments.
-//! Down is only each node's own verdict: nothing acts on it yet.
+//! A node announces Up at once (no streaming at join, so Joining is unused), there is no
+//! decommission (Leaving, Left) or removal of a dead node, and Left nodes are never
+//! forgotten. Merkle trees (anti-entropy) join a later increment. Hinted handoff runs on the
+//! cluster core (`crate::transport::replica` stores failed replica writes through
+//! `crate::transport::hint_log` and replays them when a target is alive again); a node's
+//! "down since" is when its cluster core first saw it not alive (not gossiped).
 
 pub mod gossip;
 pub mod hints;

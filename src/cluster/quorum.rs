@@ -548,6 +548,25 @@ impl ReadResolver {
     }
 
     /// The coordinator's wait is over: every replica still awaited has timed out.
+    /// Replaces `failed`, a replica asked for `kind` that failed before answering, with a spare
+    /// (an alive replica the read did not ask): the spare is now awaited for `kind` and
+    /// returned for the caller to ask. Call it before [`ReadResolver::on_failure`] so the read
+    /// stays within reach of R. None when the read is decided, `failed` was not awaited, or no
+    /// spare is left.
+    pub fn replace_with_spare(&mut self, failed: NodeId, kind: ReadKind) -> Option<NodeId> {
+        if self.is_decided() {
+            return None;
+        }
+        let awaited =
+            self.replicas.iter().any(|(n, s)| *n == failed && matches!(s, ReadState::Awaiting(_)));
+        if !awaited {
+            return None;
+        }
+        let (node, slot) = self.replicas.iter_mut().find(|(_, s)| *s == ReadState::Spare)?;
+        *slot = ReadState::Awaiting(kind);
+        Some(*node)
+    }
+
     pub fn on_timeout(&mut self) -> ReadStep {
         if self.is_decided() {
             return self.step_decided();

@@ -39,6 +39,8 @@ use crate::cluster::gossip::{GossipOptions, Membership, NodeMeta, Status};
 use crate::cluster::phi::PhiOptions;
 use crate::config::{ConfigError, NodeConfig};
 use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
+use crate::transport::hint_log::{HintLog, HintLogOptions};
+use crate::transport::replica::{ReplicaLinks, ReplicaLinksHandle};
 use crate::transport::{topology_of, ClusterSettings, GossipCore};
 
 /// How long a failed start waits for the other executors before giving up on them.
@@ -162,8 +164,16 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         peer_body_bytes_max: config.frame_body_bytes_max(),
         connection_inflight_max: config.connection_inflight_max,
         connections_max: config.connections_max,
+        replica_timeout_ms: config.replica_timeout_ms,
     };
 
+    let hint_options = (config.hints_mb > 0).then(|| {
+        let mut o = HintLogOptions::new(data_dir.join("hints"));
+        o.hints.window_ms = config.hint_window_s.saturating_mul(1000);
+        o.hints.bytes_max = config.hints_mb.saturating_mul(1 << 20);
+        o.hints.replay_bytes_per_s = config.hint_replay_kb.saturating_mul(1024);
+        o
+    });
     // Executors 0..S are shards; executor S is the cluster core, which serves the node port.
     let executors = usize::from(shards) + 1;
     let (mut senders, mut receivers) = channel_matrix(executors, config.forward_queue_max);
@@ -210,6 +220,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
             drained: drained.clone(),
             executors,
             grace: Duration::from_secs(config.shutdown_grace_s),
+            hints: hint_options.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&name)
@@ -336,6 +347,8 @@ struct ExecutorJob {
     drained: Arc<AtomicUsize>,
     executors: usize,
     grace: Duration,
+    /// The hint log's settings (cluster core only); `None` when hinted handoff is off.
+    hints: Option<HintLogOptions>,
 }
 
 impl ExecutorJob {
@@ -416,7 +429,29 @@ impl ExecutorJob {
             })
             .detach();
         }
+        let hint_log = match self.hints.filter(|_| !self.is_shard) {
+            Some(opts) => match HintLog::open(opts.clone()).await {
+                Ok((log, _report)) => Some(Rc::new(log)),
+                Err(e) => {
+                    tracing::error!(
+                        dir = %opts.dir.display(),
+                        "cannot open the hint log; hinted handoff is off: {e}"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         if let Some((settings, membership)) = self.cluster {
+            let links = ReplicaLinks::new(
+                NodeId(ctx.settings.node_id),
+                settings.cluster_name.clone(),
+                settings.key,
+                ctx.settings.replica_timeout_ms,
+                Rc::downgrade(&ctx),
+                hint_log.clone(),
+            );
+            ctx.set_replica_service(Rc::new(ReplicaLinksHandle(links)));
             let version = ctx.topology().version;
             let core = GossipCore::new(settings, membership, Rc::downgrade(&ctx), version);
             ctx.set_peer_service(core.clone());
@@ -447,6 +482,11 @@ impl ExecutorJob {
             invalid_frames = c.invalid_frames.get(),
             "executor stopping"
         );
+        if let Some(log) = hint_log {
+            if let Err(e) = log.close().await {
+                tracing::warn!("closing the hint log: {e}");
+            }
+        }
         if let Some(engine) = ctx.engine.as_ref() {
             engine.close().await.map_err(|e| format!("closing shard {index}: {e}"))?;
         }

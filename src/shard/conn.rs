@@ -17,7 +17,7 @@ use kvs_wire::msg::{self, AlignedVec};
 use kvs_wire::{ErrorCode, FrameHeader, Opcode};
 
 use super::notify::Notify;
-use super::{bump, ExecutorCtx};
+use super::{bump, ExecutorCtx, PeerAuth};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -39,6 +39,8 @@ pub struct ConnOut {
     inflight: Cell<usize>,
     /// Wakes the reader when a request finishes (it may be waiting for room).
     wake_reader: Notify,
+    /// The replica-link handshake of this connection (node-level port only).
+    peer_auth: Cell<PeerAuth>,
 }
 
 impl ConnOut {
@@ -50,6 +52,7 @@ impl ConnOut {
             broken: Cell::new(false),
             inflight: Cell::new(0),
             wake_reader: Notify::default(),
+            peer_auth: Cell::new(PeerAuth::None),
         }
     }
 
@@ -215,7 +218,9 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
             let mut body = AlignedVec::<16>::with_capacity(body_bytes.len());
             body.extend_from_slice(body_bytes);
             start += total;
-            dispatch(ctx, header, body, &out);
+            if !dispatch(ctx, header, body, &out) {
+                break 'conn;
+            }
         }
         if start > 0 {
             buf.drain(..start);
@@ -249,20 +254,34 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
 }
 
 fn is_peer_opcode(op: Opcode) -> bool {
-    matches!(op, Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ClusterStatus)
+    matches!(
+        op,
+        Opcode::GossipSyn
+            | Opcode::GossipAck2
+            | Opcode::ClusterStatus
+            | Opcode::PeerHello
+            | Opcode::ReplicaWrite
+            | Opcode::ReplicaRead
+    )
 }
 
 fn request_id_of(header: &[u8]) -> u64 {
     header.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0)
 }
 
-/// Answers or routes one frame read from a client.
-fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &Rc<ConnOut>) {
+/// Answers or routes one frame read from a client. Returns false when the connection must
+/// close (after the error already queued).
+fn dispatch(
+    ctx: &Rc<ExecutorCtx>,
+    header: FrameHeader,
+    body: AlignedVec,
+    out: &Rc<ConnOut>,
+) -> bool {
     let id = header.request_id;
     if header.response {
         bump(&ctx.counters.invalid_frames);
         out.push_error(id, ErrorCode::InvalidRequest, "a client sent a response frame");
-        return;
+        return true;
     }
     match header.opcode {
         Opcode::Ping => {
@@ -307,9 +326,46 @@ fn dispatch(ctx: &Rc<ExecutorCtx>, header: FrameHeader, body: AlignedVec, out: &
                 }
             }
         }
+        Opcode::PeerHello => match ctx.replica_service() {
+            Some(service) => {
+                let keep = service.hello(id, &body, &out.peer_auth, &mut out.buf.borrow_mut());
+                out.wake_writer.notify();
+                if !keep {
+                    bump(&ctx.counters.invalid_frames);
+                }
+                return keep;
+            }
+            None => {
+                bump(&ctx.counters.invalid_frames);
+                out.push_error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "PeerHello is served on the node-level port only",
+                );
+                return false;
+            }
+        },
+        Opcode::ReplicaWrite | Opcode::ReplicaRead => {
+            if !matches!(out.peer_auth.get(), PeerAuth::Authenticated { .. }) {
+                bump(&ctx.counters.invalid_frames);
+                out.push_error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "{:?} refused: replica requests need a connection to the node-level \
+                         port authenticated with the cluster key (PeerHello); closing",
+                        header.opcode
+                    ),
+                );
+                return false;
+            }
+            out.start_one();
+            ctx.route(header.opcode, id, body, out.clone());
+        }
         Opcode::Error => {
             bump(&ctx.counters.invalid_frames);
             out.push_error(id, ErrorCode::InvalidRequest, "a client sent an error frame");
         }
     }
+    true
 }

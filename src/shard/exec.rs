@@ -2,12 +2,14 @@
 //! run it on this shard's engine or forward it.
 //!
 //! The executing shard coordinates: it resolves the request's consistency to R or W, and runs
-//! the request through a [`WriteTracker`] or [`ReadResolver`] over the key's replica set (see
-//! the module docs of `shard` for why that set has only this node's replica reachable today).
-
-use std::rc::Rc;
+//! the request through a [`WriteTracker`] or [`ReadResolver`] over the key's replica set: the
+//! local replica through the engine, remote ones through the cluster core (see [`super::replica`]).
+//! After a read resolves, the replicas it found stale get the newest version written back
+//! (read repair) without delaying the answer.
 
 use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use kvs_shards::{Lookup, ShardError};
 use kvs_wire::limits::TTL_MS_MAX;
@@ -19,11 +21,12 @@ use kvs_wire::placement::{shard_of, token_of, NodeId};
 use kvs_wire::{ErrorCode, Opcode};
 
 use super::conn::ConnOut;
+use super::replica::{self, ReplicaAnswer, ReplicaInbox};
 use super::{bump, ExecutorCtx, ShardMsg};
 use crate::cluster::hlc::wall_ms;
 use crate::cluster::quorum::{
     Access, ConsistencyError, QuorumFailure, ReadKind, ReadOutcome, ReadReply, ReadResolver,
-    ReadStep, Versioned, WriteDecision, WriteTracker,
+    ReadStep, Replica, Versioned, WriteDecision, WriteTracker,
 };
 
 /// The one mapping from engine errors to wire error codes.
@@ -73,6 +76,15 @@ fn quorum_refusal(f: QuorumFailure, access: Access) -> Refusal {
         ),
     };
     Refusal { code, detail: f.detail(), message }
+}
+
+/// `r` with the replicas' reasons for failing appended to its message (at most a few).
+fn with_reasons(mut r: Refusal, reasons: &[String]) -> Refusal {
+    if !reasons.is_empty() {
+        let shown: Vec<&str> = reasons.iter().take(3).map(String::as_str).collect();
+        r.message = format!("{}: {}", r.message, shown.join("; "));
+    }
+    r
 }
 
 /// A local engine lookup as a replica's read reply.
@@ -160,7 +172,12 @@ impl ExecutorCtx {
         body: AlignedVec,
         conn: Rc<ConnOut>,
     ) {
-        let owner = match keyed(opcode, &body).and_then(|k| self.check_key(k.key).map(|()| k.key)) {
+        let key = if replica::is_replica_opcode(opcode) {
+            replica::replica_key(opcode, &body)
+        } else {
+            keyed(opcode, &body).map(|k| k.key)
+        };
+        let owner = match key.and_then(|k| self.check_key(k).map(|()| k)) {
             Ok(key) => usize::from(shard_of(token_of(key), self.settings.shard_count).0),
             Err((code, message)) => {
                 bump(&self.counters.invalid_frames);
@@ -214,6 +231,10 @@ impl ExecutorCtx {
         body: &AlignedVec,
         out: &mut Vec<u8>,
     ) {
+        if replica::is_replica_opcode(opcode) {
+            self.execute_replica(opcode, request_id, body, out).await;
+            return;
+        }
         if let Err(r) = self.try_execute(opcode, request_id, body, out).await {
             msg::write_error_detail(out, request_id, r.code, r.detail, r.message);
         }
@@ -285,9 +306,18 @@ impl ExecutorCtx {
                 // The expiry is absolute, by this node's wall clock (the engine judges it by
                 // the same clock); `ttl_ms <= TTL_MS_MAX` keeps the sum far from overflow.
                 let expires_at_ms = (ttl_ms > 0).then(|| wall_ms().saturating_add(ttl_ms));
+                // The copy for peers is archived only when some replica is remote.
+                let remote = if self.has_remote(&replicas) {
+                    replica::write_body(key, Some(value), to_wire(stamp), expires_at_ms)
+                        .map_err(encode_err)?
+                } else {
+                    Vec::new()
+                };
+                self.hint_down(&replicas, &remote);
                 self.write_quorum(
                     tracker,
                     engine.put_with_expiry(key, value, stamp, expires_at_ms),
+                    remote,
                 )
                 .await?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
@@ -298,7 +328,13 @@ impl ExecutorCtx {
                 let tracker =
                     WriteTracker::new(&replicas, needed).map_err(|f| quorum_refusal(f, access))?;
                 let stamp = self.stamp();
-                self.write_quorum(tracker, engine.delete(key, stamp)).await?;
+                let remote = if self.has_remote(&replicas) {
+                    replica::write_body(key, None, to_wire(stamp), None).map_err(encode_err)?
+                } else {
+                    Vec::new()
+                };
+                self.hint_down(&replicas, &remote);
+                self.write_quorum(tracker, engine.delete(key, stamp), remote).await?;
                 let response = WriteResponse { stamp: to_wire(stamp) };
                 msg::write_frame(out, Opcode::Delete, true, request_id, &response)
                     .map_err(encode_err)?;
@@ -318,34 +354,62 @@ impl ExecutorCtx {
         Refusal::from((shard_error_code(e), format!("shard {}: {e}", self.index)))
     }
 
-    /// Runs a write through `tracker`: the local replica applies it with `apply` (when it is a
-    /// target), and the tracker decides. When the write fails with nothing acknowledged and the
-    /// local replica said why (`Overloaded`, `TooLarge`, an I/O error), that is the answer: it
-    /// is more precise than a count.
+    /// Runs a write through `tracker`: the remote replicas get `remote` (an archived
+    /// `ReplicaWrite` body) through the cluster core, the local replica applies it with
+    /// `apply` (when it is a target), and the tracker decides as answers arrive, within
+    /// `replica_timeout_ms`. When the write fails with nothing acknowledged and the local
+    /// replica said why (`Overloaded`, `TooLarge`, an I/O error), that is the answer: it is
+    /// more precise than a count.
     async fn write_quorum(
         &self,
         mut tracker: WriteTracker,
         apply: impl Future<Output = Result<(), ShardError>>,
+        remote: Vec<u8>,
     ) -> Result<(), Refusal> {
         let me = NodeId(self.settings.node_id);
+        let deadline = Instant::now() + Duration::from_millis(self.settings.replica_timeout_ms);
+        let inbox = Rc::new(ReplicaInbox::default());
+        let remote_targets: Vec<NodeId> = tracker.targets().filter(|n| *n != me).collect();
+        let mut corrs = Vec::with_capacity(remote_targets.len());
+        for node in remote_targets {
+            corrs.push(self.send_replica(&inbox, node, Opcode::ReplicaWrite, remote.clone()));
+        }
         let mut local_error = None;
+        let mut failures: Vec<String> = Vec::new();
         let mut decision = tracker.decision();
         if tracker.targets().any(|n| n == me) {
             decision = match apply.await {
                 Ok(()) => tracker.on_ack(me),
                 Err(e) => {
+                    failures.push(format!("node {:016x}: {e}", me.0));
                     local_error = Some(e);
                     tracker.on_failure(me)
                 }
             };
         }
-        // Remote replicas join with the fan-out: they ack here, and `tracker.missed()` becomes
-        // their hints. Today the local replica is the only target, so its answer decides.
+        while decision == WriteDecision::Pending {
+            for (node, answer) in inbox.drain() {
+                decision = match answer {
+                    ReplicaAnswer::Ack => tracker.on_ack(node),
+                    ReplicaAnswer::Failed(why) => {
+                        failures.push(why);
+                        tracker.on_failure(node)
+                    }
+                    ReplicaAnswer::Read(_) => tracker.on_failure(node),
+                };
+            }
+            if decision == WriteDecision::Pending && !inbox.wait_until(deadline).await {
+                decision = tracker.on_timeout();
+            }
+        }
+        self.forget_replicas(&corrs);
         match decision {
             WriteDecision::Success => Ok(()),
             WriteDecision::Failed(f) => match local_error {
-                Some(e) if tracker.acknowledged() == 0 => Err(self.engine_refusal(&e)),
-                _ => Err(quorum_refusal(f, Access::Write)),
+                Some(e) if tracker.acknowledged() == 0 && failures.len() <= 1 => {
+                    Err(self.engine_refusal(&e))
+                }
+                _ => Err(with_reasons(quorum_refusal(f, Access::Write), &failures)),
             },
             WriteDecision::Pending => Err(Refusal::from((
                 ErrorCode::Internal,
@@ -358,45 +422,132 @@ impl ExecutorCtx {
         }
     }
 
-    /// Runs a read through `resolver`: the local replica answers what it is asked (full data,
-    /// as the first replica), and the resolver picks the newest version. Errors as in
-    /// [`Self::write_quorum`].
+    /// Whether any of `replicas` is another node.
+    fn has_remote(&self, replicas: &[Replica]) -> bool {
+        replicas.iter().any(|r| r.node.0 != self.settings.node_id)
+    }
+
+    /// Hands the write in `remote` to the cluster core as a hint for every replica that is down
+    /// (not asked); dropped when its channel is full (read repair catches those up).
+    fn hint_down(&self, replicas: &[Replica], remote: &[u8]) {
+        let core = usize::from(self.settings.shard_count);
+        for r in replicas.iter().filter(|r| !r.alive) {
+            if let Some(Some(peer)) = self.peers.get(core) {
+                let msg = ShardMsg::Hint { target: r.node, body: remote.to_vec() };
+                if peer.try_send(msg).is_err() {
+                    bump(&self.counters.overloaded);
+                }
+            }
+        }
+    }
+
+    /// Asks `node` for `kind` of `key`: the local engine at once (its reply goes into the
+    /// inbox), a remote node through the cluster core. Returns the corr to forget, if any.
+    async fn ask_read(
+        &self,
+        inbox: &Rc<ReplicaInbox>,
+        node: NodeId,
+        kind: ReadKind,
+        key: &[u8],
+    ) -> Result<Option<u64>, Refusal> {
+        let me = NodeId(self.settings.node_id);
+        if node == me {
+            let Some(engine) = self.engine.as_ref() else {
+                return Err(Refusal::from((
+                    ErrorCode::Internal,
+                    "read reached an executor with no storage".to_string(),
+                )));
+            };
+            match engine.get(key).await {
+                Ok(lookup) => inbox.push_local(me, ReplicaAnswer::Read(read_reply(lookup, kind))),
+                Err(e) => return Err(self.engine_refusal(&e)),
+            }
+            return Ok(None);
+        }
+        let body = replica::read_body(key, kind).map_err(|e| {
+            Refusal::from((ErrorCode::Internal, format!("encoding replica read: {e}")))
+        })?;
+        Ok(Some(self.send_replica(inbox, node, Opcode::ReplicaRead, body)))
+    }
+
+    /// Runs a read through `resolver`: this node answers what it is asked through its engine
+    /// (full data, as the first replica), remote replicas through the cluster core; the
+    /// resolver picks the newest version, asks for full data where a digest was newer, and
+    /// names the stale replicas, which get read repair. A local engine error is the answer.
     async fn read_quorum(
         &self,
         mut resolver: ReadResolver,
         key: &[u8],
     ) -> Result<ReadOutcome, Refusal> {
-        let Some(engine) = self.engine.as_ref() else {
-            return Err(Refusal::from((
-                ErrorCode::Internal,
-                "read reached an executor with no storage".to_string(),
-            )));
-        };
+        let deadline = Instant::now() + Duration::from_millis(self.settings.replica_timeout_ms);
+        let inbox = Rc::new(ReplicaInbox::default());
         let me = NodeId(self.settings.node_id);
-        let mut local_error = None;
-        let mut step = ReadStep::Pending;
-        for (node, kind) in resolver.targets() {
-            if node != me {
+        let mut corrs = Vec::new();
+        let mut targets = resolver.targets();
+        // Remote requests first, so they travel while the local engine reads.
+        targets.sort_by_key(|(n, _)| *n == me);
+        let mut failures: Vec<String> = Vec::new();
+        let mut step: ReadStep;
+        let mut asked = targets;
+        // What each replica was last asked for, to ask a spare for the same.
+        let mut kinds: Vec<(NodeId, ReadKind)> = Vec::with_capacity(asked.len());
+        'read: loop {
+            for (node, kind) in std::mem::take(&mut asked) {
+                kinds.retain(|(n, _)| *n != node);
+                kinds.push((node, kind));
+                match self.ask_read(&inbox, node, kind, key).await {
+                    Ok(corr) => corrs.extend(corr),
+                    Err(r) => {
+                        self.forget_replicas(&corrs);
+                        return Err(r);
+                    }
+                }
+            }
+            for (node, answer) in inbox.drain() {
+                step = match answer {
+                    ReplicaAnswer::Read(reply) => resolver.on_reply(node, reply),
+                    ReplicaAnswer::Failed(why) => {
+                        failures.push(why);
+                        // An alive replica the read did not ask takes the failed one's place.
+                        let kind = kinds
+                            .iter()
+                            .find(|(n, _)| *n == node)
+                            .map_or(ReadKind::Digest, |(_, k)| *k);
+                        if let Some(spare) = resolver.replace_with_spare(node, kind) {
+                            asked.push((spare, kind));
+                        }
+                        resolver.on_failure(node)
+                    }
+                    ReplicaAnswer::Ack => resolver.on_failure(node),
+                };
+                match &step {
+                    ReadStep::NeedData(nodes) => {
+                        asked.extend(nodes.iter().map(|n| (*n, ReadKind::Data)));
+                    }
+                    ReadStep::Resolved | ReadStep::Failed(_) => break 'read,
+                    ReadStep::Pending => {}
+                }
+            }
+            if !asked.is_empty() {
                 continue;
             }
-            step = match engine.get(key).await {
-                Ok(lookup) => resolver.on_reply(me, read_reply(lookup, kind)),
-                Err(e) => {
-                    local_error = Some(e);
-                    resolver.on_failure(me)
+            if !inbox.wait_until(deadline).await {
+                step = resolver.on_timeout();
+                if !matches!(step, ReadStep::Pending | ReadStep::NeedData(_)) {
+                    break;
                 }
-            };
+            }
         }
-        // With remote replicas (the fan-out), `NeedData` asks them for full data and the
-        // outcome's `stale` replicas get read repair.
+        self.forget_replicas(&corrs);
         match step {
-            ReadStep::Resolved => resolver.into_outcome().ok_or_else(|| {
-                Refusal::from((ErrorCode::Internal, "resolved read has no outcome".to_string()))
-            }),
-            ReadStep::Failed(f) => match local_error {
-                Some(e) => Err(self.engine_refusal(&e)),
-                None => Err(quorum_refusal(f, Access::Read)),
-            },
+            ReadStep::Resolved => {
+                let outcome = resolver.into_outcome().ok_or_else(|| {
+                    Refusal::from((ErrorCode::Internal, "resolved read has no outcome".to_string()))
+                })?;
+                self.repair(key, &outcome);
+                Ok(outcome)
+            }
+            ReadStep::Failed(f) => Err(with_reasons(quorum_refusal(f, Access::Read), &failures)),
             ReadStep::Pending | ReadStep::NeedData(_) => Err(Refusal::from((
                 ErrorCode::Internal,
                 format!(
@@ -407,7 +558,41 @@ impl ExecutorCtx {
         }
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<(), (ErrorCode, String)> {
+    /// Read repair: writes the newest version back to the replicas the read found stale, with
+    /// its stamp, in the background. The engine keeps the greatest stamp, so a repair that
+    /// races a newer write does no harm. The expiry of a TTL'd value is not known to a read, so
+    /// a repaired copy of one carries none (it expires elsewhere, and compaction resolves it).
+    fn repair(&self, key: &[u8], outcome: &ReadOutcome) {
+        let Some(newest) = outcome.newest.as_ref() else { return };
+        if outcome.stale.is_empty() {
+            return;
+        }
+        let me = NodeId(self.settings.node_id);
+        let Ok(body) = replica::write_body(key, newest.value.as_deref(), newest.stamp, None) else {
+            return;
+        };
+        for node in &outcome.stale {
+            bump(&self.counters.read_repairs);
+            if *node == me {
+                if let Some(engine) = self.engine.clone() {
+                    let (key, value) = (key.to_vec(), newest.value.clone());
+                    let stamp =
+                        kvs_shards::Stamp { hlc: newest.stamp.hlc, node: newest.stamp.node };
+                    glommio::spawn_local(async move {
+                        let _ = match value {
+                            Some(v) => engine.put(&key, &v, stamp).await,
+                            None => engine.delete(&key, stamp).await,
+                        };
+                    })
+                    .detach();
+                }
+            } else {
+                self.send_replica_unanswered(*node, Opcode::ReplicaWrite, body.clone());
+            }
+        }
+    }
+
+    pub(super) fn check_key(&self, key: &[u8]) -> Result<(), (ErrorCode, String)> {
         if key.is_empty() {
             return Err((ErrorCode::InvalidRequest, "empty key".into()));
         }

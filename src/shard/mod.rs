@@ -21,10 +21,16 @@
 //! consistency against the replication factor in the node's topology
 //! ([`crate::cluster::quorum::QuorumOptions`]), builds the key's replica set from the ring, and
 //! runs the request through a [`crate::cluster::quorum::WriteTracker`] or
-//! [`crate::cluster::quorum::ReadResolver`]. Only this node's replica is reachable today (no
-//! transport carries requests to peers yet), so remote replicas count as not alive: with the
-//! single-node topology (N = 1) every consistency but a count above 1 is served by the local
-//! replica, and a count above N is `InvalidRequest` naming N.
+//! [`crate::cluster::quorum::ReadResolver`]. A replica counts as alive when it is this node or
+//! the failure detector holds its node alive (the cluster core publishes the set as
+//! [`ShardMsg::Liveness`]), so too few live replicas answer `Unavailable` before anything is
+//! sent. The local copy is applied here; every remote copy goes to the cluster core as a
+//! [`ShardMsg::ReplicaOut`] (over the bounded executor channel: a full channel counts as that
+//! replica failing), which carries it to the peer and answers with a
+//! [`ShardMsg::ReplicaReply`]. The coordinator waits at most `replica_timeout_ms` for the
+//! replies it needs (see [`replica`]). A peer's cluster core hands the replica requests it
+//! receives to the owning shard (`shard_of(token, S)`) as ordinary forwarded requests with the
+//! `ReplicaWrite` / `ReplicaRead` opcodes, which apply the coordinator's stamp as is.
 //!
 //! A Stats request is answered by the executor it lands on, which gathers every shard's
 //! counters over the same channels (see [`stats`]).
@@ -39,11 +45,15 @@
 //! ## Node-to-node requests
 //! Gossip and cluster-status frames (`GossipSyn`, `GossipAck2`, `ClusterStatus`) are handed to
 //! the executor's [`PeerService`], which only the cluster core has (it serves the node-level
-//! port); a shard port answers them with `InvalidRequest`.
+//! port); a shard port answers them with `InvalidRequest`. Replica links (`PeerHello`, then
+//! `ReplicaWrite` and `ReplicaRead`) are served on the node-level port too, and only on a
+//! connection whose handshake ([`ReplicaService::hello`]) has verified; any other connection
+//! that sends a replica request gets `InvalidRequest` and is closed.
 
 mod conn;
 mod exec;
 pub mod notify;
+pub mod replica;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};
@@ -77,6 +87,50 @@ pub enum ShardMsg {
     StatsReply { corr: u64, shard: u32, counters: Vec<(String, u64)> },
     /// A newer topology, from the cluster core.
     Topology(Arc<TopologyResponse>),
+    /// The ids of the nodes the failure detector holds alive (alive or suspect), sorted, with
+    /// a sequence number that grows with each publication; from the cluster core.
+    Liveness { seq: u64, alive: Arc<Vec<u64>> },
+    /// A replica request (`ReplicaWrite` or `ReplicaRead`, archived body without a frame
+    /// header) for node `target`, from coordinating shard `from` to the cluster core.
+    /// `corr` 0 asks for no reply (read repair).
+    ReplicaOut { from: usize, corr: u64, target: NodeId, opcode: Opcode, body: Vec<u8> },
+    /// A write for `target`, a replica that is down: kept as a hint by the cluster core.
+    Hint { target: NodeId, body: Vec<u8> },
+    /// The answer to the `ReplicaOut` `corr`, from the cluster core.
+    ReplicaReply { corr: u64, answer: replica::ReplicaAnswer },
+}
+
+/// Where a node-level connection is in the replica-link handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeerAuth {
+    #[default]
+    None,
+    /// A Hello was answered with a Challenge; the Proof must match these.
+    Challenged { peer: u64, nonce_peer: u64, nonce_ours: u64 },
+    /// The peer proved it holds the cluster key.
+    Authenticated { peer: u64 },
+}
+
+/// Carries replica requests to peers and runs the listener's side of the replica-link
+/// handshake; the cluster core has one.
+pub trait ReplicaService {
+    /// Sends a replica request to `target` and answers shard `from` with a
+    /// [`ShardMsg::ReplicaReply`] of `corr` (unless `corr` is 0), exactly once.
+    fn send(&self, from: usize, corr: u64, target: NodeId, opcode: Opcode, body: Vec<u8>);
+    /// Keeps the write in `body` (an archived `ReplicaWrite`) as a hint for `target`, a
+    /// replica that was not asked because it is down.
+    fn hint(&self, target: NodeId, body: Vec<u8>);
+    /// The live set (sorted ids), every gossip round: replays hints to live targets.
+    fn on_liveness(&self, alive: &[u64]);
+    /// Answers one `PeerHello` frame, advancing `auth`. Returns false when the connection must
+    /// be closed (the error frame is already in `out`).
+    fn hello(
+        &self,
+        request_id: u64,
+        body: &AlignedVec,
+        auth: &Cell<PeerAuth>,
+        out: &mut Vec<u8>,
+    ) -> bool;
 }
 
 /// Serves node-to-node frames on the executor that has one (the cluster core).
@@ -99,6 +153,8 @@ pub struct ShardSettings {
     pub peer_body_bytes_max: u32,
     pub connection_inflight_max: usize,
     pub connections_max: usize,
+    /// How long a coordinator waits for remote replicas, ms.
+    pub replica_timeout_ms: u64,
 }
 
 /// Counters of one executor, reported at shutdown and, for shards, in stats responses (see
@@ -113,6 +169,8 @@ pub struct ShardCounters {
     pub served_for_peers: Cell<u64>,
     /// Requests refused with `Overloaded` because a peer channel was full.
     pub overloaded: Cell<u64>,
+    /// Stale replicas that a read coordinated here sent the newest version to.
+    pub read_repairs: Cell<u64>,
     /// Connections accepted.
     pub connections: Cell<u64>,
     /// Frames refused as invalid.
@@ -163,6 +221,12 @@ pub struct ExecutorCtx {
     placement: RefCell<Rc<Placement>>,
     /// Gossip and cluster status; set on the cluster core only.
     peer_service: RefCell<Option<Rc<dyn PeerService>>>,
+    /// Replica links to peers; set on the cluster core only.
+    replica_service: RefCell<Option<Rc<dyn ReplicaService>>>,
+    /// Nodes the failure detector holds alive, with the sequence number of that news.
+    alive: RefCell<(u64, Arc<Vec<u64>>)>,
+    /// Replica requests awaiting the cluster core's answer: corr -> (node, the request's inbox).
+    replica_waits: RefCell<HashMap<u64, (NodeId, Rc<replica::ReplicaInbox>)>>,
     /// Senders to every other executor, by index (`None` at our own index).
     peers: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Forwarded requests awaiting their response: corr -> the client connection to answer.
@@ -199,6 +263,9 @@ impl ExecutorCtx {
             hlc: RefCell::new(hlc),
             placement: RefCell::new(Rc::new(Placement::new(topology))),
             peer_service: RefCell::new(None),
+            replica_service: RefCell::new(None),
+            alive: RefCell::new((0, Arc::new(Vec::new()))),
+            replica_waits: RefCell::new(HashMap::new()),
             peers,
             pending: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
@@ -253,6 +320,50 @@ impl ExecutorCtx {
         self.peer_service.borrow().clone()
     }
 
+    /// Installs the replica links (the cluster core's).
+    pub fn set_replica_service(&self, service: Rc<dyn ReplicaService>) {
+        *self.replica_service.borrow_mut() = Some(service);
+    }
+
+    pub fn replica_service(&self) -> Option<Rc<dyn ReplicaService>> {
+        self.replica_service.borrow().clone()
+    }
+
+    /// Keeps `alive` if it is newer than the set held.
+    pub fn set_liveness(&self, seq: u64, alive: Arc<Vec<u64>>) {
+        let mut held = self.alive.borrow_mut();
+        if seq > held.0 {
+            *held = (seq, alive);
+        }
+    }
+
+    /// Holds `alive` here and sends it to every other executor of the node.
+    pub fn publish_liveness(self: &Rc<Self>, seq: u64, alive: Arc<Vec<u64>>) {
+        self.set_liveness(seq, alive.clone());
+        for i in 0..self.peers.len() {
+            self.send_to(i, ShardMsg::Liveness { seq, alive: alive.clone() });
+        }
+    }
+
+    /// Sends `msg` to executor `index`, waiting for room in a task of its own: receivers never
+    /// block on their senders, so this cannot deadlock; it is for messages that must arrive.
+    pub fn send_to(self: &Rc<Self>, index: usize, msg: ShardMsg) {
+        let Some(Some(peer)) = self.peers.get(index) else { return };
+        if let Err(
+            glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))
+            | glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg)),
+        ) = peer.try_send(msg)
+        {
+            let ctx = self.clone();
+            glommio::spawn_local(async move {
+                if let Some(Some(peer)) = ctx.peers.get(index) {
+                    let _ = peer.send(msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+
     /// Raises the shutdown latch and tells every open connection to stop reading.
     pub fn begin_shutdown(&self) {
         self.shutdown.raise();
@@ -287,19 +398,20 @@ impl ExecutorCtx {
         }
     }
 
-    /// The replica set of `token` as this node can reach it: the ring's N replicas, this node
-    /// first (it serves reads' full data), alive only when it is this node, since no transport
-    /// carries requests to peers yet.
+    /// The replica set of `token` as this node can reach it: the ring's N replicas, alive when
+    /// it is this node or the failure detector holds its node alive; this node first (it serves
+    /// reads' full data without a network hop), then the other live ones in ring order.
     fn replica_set(&self, token: Token) -> Vec<Replica> {
         let me = NodeId(self.settings.node_id);
         let p = self.placement();
+        let alive = self.alive.borrow().1.clone();
         let mut set: Vec<Replica> = p
             .ring
             .replicas(token, usize::from(p.quorum.replication_factor))
             .into_iter()
-            .map(|node| Replica { node, alive: node == me })
+            .map(|node| Replica { node, alive: node == me || alive.binary_search(&node.0).is_ok() })
             .collect();
-        set.sort_by_key(|r| !r.alive);
+        set.sort_by_key(|r| (r.node != me, !r.alive));
         set
     }
 
@@ -336,6 +448,26 @@ impl ExecutorCtx {
                 self.on_stats_reply(corr, shard, counters)
             }
             ShardMsg::Topology(topology) => self.set_topology(topology),
+            ShardMsg::Liveness { seq, alive } => self.set_liveness(seq, alive),
+            ShardMsg::ReplicaOut { from, corr, target, opcode, body } => {
+                match self.replica_service() {
+                    Some(service) => service.send(from, corr, target, opcode, body),
+                    None if corr != 0 => {
+                        let answer = replica::ReplicaAnswer::Failed(format!(
+                            "executor {} carries no replica requests",
+                            self.index
+                        ));
+                        self.send_to(from, ShardMsg::ReplicaReply { corr, answer });
+                    }
+                    None => {}
+                }
+            }
+            ShardMsg::ReplicaReply { corr, answer } => self.on_replica_reply(corr, answer),
+            ShardMsg::Hint { target, body } => {
+                if let Some(service) = self.replica_service() {
+                    service.hint(target, body);
+                }
+            }
         }
     }
 }

@@ -38,13 +38,14 @@ pub const STATS_GATHER_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Names of the executor's request counters, in the order [`ExecutorCtx::shard_counters`]
 /// appends them after the engine's.
-pub const EXECUTOR_COUNTER_NAMES: [&str; 6] = [
+pub const EXECUTOR_COUNTER_NAMES: [&str; 7] = [
     "requests_served_local",
     "requests_forwarded_out",
     "requests_served_for_peers",
     "requests_overloaded",
     "connections_accepted",
     "frames_invalid",
+    "read_repairs",
 ];
 
 /// One Stats request being gathered: a slot per shard, filled by replies.
@@ -121,6 +122,7 @@ impl ExecutorCtx {
             c.overloaded.get(),
             c.connections.get(),
             c.invalid_frames.get(),
+            c.read_repairs.get(),
         ];
         out.extend(EXECUTOR_COUNTER_NAMES.iter().zip(values).map(|(n, v)| (n.to_string(), v)));
         Some(out)

@@ -1,5 +1,6 @@
-//! Glommio tasks that move bytes for [`crate::cluster`]: gossip on the cluster core, and
-//! the durable hint log ([`hint_log`]: stores and replays what `cluster::hints` decides).
+//! Glommio tasks that move bytes for [`crate::cluster`]: gossip on the cluster core, the
+//! replica links to peers ([`replica`]: replica writes and reads, hinted handoff), and the
+//! durable hint log ([`hint_log`]: stores and replays what `cluster::hints` decides).
 //!
 //! [`GossipCore`] wraps one [`Membership`] (the pure state machine) on the cluster-core
 //! executor. It does three things and decides nothing itself:
@@ -25,12 +26,21 @@
 //! [`REFUSAL_LOGS_PER_INTERVAL_MAX`] lines per interval in all) and answers the sender
 //! with an `InvalidRequest` error that says why, which the sender logs in turn.
 //!
+//! - **Liveness**: every round it publishes to every shard the set of nodes the failure
+//!   detector holds alive (alive or suspect) when it changed ([`ExecutorCtx::publish_liveness`]),
+//!   so coordinators count only reachable replicas.
+//!
+//! Replica requests travel on their own long-lived links ([`replica`]), not on gossip's
+//! short connections.
+//!
 //! ## Not yet
 //! The node announces Up as soon as it starts: nothing is streamed at join (Joining is never
-//! used), and there is no decommission (Leaving, Left). Replica writes, hints and streaming
-//! between cluster cores are later increments.
+//! used), and there is no decommission (Leaving, Left). Streaming between cluster cores is a
+//! later increment. Hinted handoff is wired in through [`replica`]: failed replica writes
+//! become hints in [`hint_log`], replayed when the live set shows the target again.
 
 pub mod hint_log;
+pub mod replica;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -303,6 +313,8 @@ pub struct GossipCore {
     refusals_logged: RefCell<HashMap<(String, &'static str), Instant>>,
     /// Start of the current refusal-log window, lines logged in it and lines left out.
     refusal_window: Cell<(Instant, u32, u64)>,
+    /// The live set last published to the shards, and its sequence number.
+    published_alive: RefCell<(u64, Arc<Vec<u64>>)>,
 }
 
 impl GossipCore {
@@ -324,6 +336,7 @@ impl GossipCore {
             last_liveness: RefCell::new(HashMap::new()),
             refusals_logged: RefCell::new(HashMap::new()),
             refusal_window: Cell::new((Instant::now(), 0, 0)),
+            published_alive: RefCell::new((0, Arc::new(Vec::new()))),
         })
     }
 
@@ -408,6 +421,46 @@ impl GossipCore {
         }
         self.log_liveness(now);
         self.publish_if_changed();
+        self.publish_liveness_if_changed(now);
+    }
+
+    /// The ids of the nodes the failure detector holds alive (alive or suspect, never down
+    /// or unheard), this node included, sorted.
+    pub fn alive_nodes(&self, now: u64) -> Vec<u64> {
+        let m = self.membership.borrow();
+        let me = m.id();
+        let mut alive: Vec<u64> = m
+            .view(now)
+            .into_iter()
+            .filter(|v| {
+                v.state.id == me || matches!(v.liveness, Liveness::Alive | Liveness::Suspect)
+            })
+            .map(|v| v.state.id.0)
+            .collect();
+        alive.sort_unstable();
+        alive.dedup();
+        alive
+    }
+
+    /// Sends the live set to every shard when it changed since the last publication.
+    fn publish_liveness_if_changed(&self, now: u64) {
+        let alive = self.alive_nodes(now);
+        if let Some(service) = self.ctx.upgrade().and_then(|c| c.replica_service()) {
+            service.on_liveness(&alive);
+        }
+        let seq = {
+            let held = self.published_alive.borrow();
+            if *held.1 == alive {
+                return;
+            }
+            held.0 + 1
+        };
+        let alive = Arc::new(alive);
+        *self.published_alive.borrow_mut() = (seq, alive.clone());
+        tracing::debug!(alive = alive.len(), "live set changed");
+        if let Some(ctx) = self.ctx.upgrade() {
+            ctx.publish_liveness(seq, alive);
+        }
     }
 
     /// One exchange with the node at `addr`: Syn, Ack, Ack2 over one short connection.

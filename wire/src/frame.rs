@@ -44,6 +44,15 @@ pub enum Opcode {
     /// The membership as the answering node sees it (`kvs status`, `kvs ring`), from its
     /// node-level port. Empty request body; the response is a `peer::ClusterStatusResponse`.
     ClusterStatus = 0x22,
+    /// Node to node: the authentication handshake of a replica link (`peer::PeerHello`);
+    /// a connection must finish it before it may send `ReplicaWrite` or `ReplicaRead`.
+    PeerHello = 0x23,
+    /// Node to node: apply one replica copy (`peer::ReplicaWriteRequest`) on the owning
+    /// shard; the response is empty.
+    ReplicaWrite = 0x24,
+    /// Node to node: read one replica (`peer::ReplicaReadRequest`); the response is a
+    /// `peer::ReplicaReadResponse`.
+    ReplicaRead = 0x25,
     /// An error response; body is an `ErrorResponse`.
     Error = 0x7F,
 }
@@ -51,7 +60,7 @@ pub enum Opcode {
 impl Opcode {
     /// Every opcode, for tests and documentation. The numbers are part of the protocol: never
     /// renumber, only add.
-    pub const ALL: [Opcode; 10] = [
+    pub const ALL: [Opcode; 13] = [
         Opcode::Ping,
         Opcode::Topology,
         Opcode::Get,
@@ -61,6 +70,9 @@ impl Opcode {
         Opcode::GossipSyn,
         Opcode::GossipAck2,
         Opcode::ClusterStatus,
+        Opcode::PeerHello,
+        Opcode::ReplicaWrite,
+        Opcode::ReplicaRead,
         Opcode::Error,
     ];
 
@@ -76,6 +88,9 @@ impl Opcode {
             0x20 => Some(Opcode::GossipSyn),
             0x21 => Some(Opcode::GossipAck2),
             0x22 => Some(Opcode::ClusterStatus),
+            0x23 => Some(Opcode::PeerHello),
+            0x24 => Some(Opcode::ReplicaWrite),
+            0x25 => Some(Opcode::ReplicaRead),
             0x7F => Some(Opcode::Error),
             _ => None,
         }
@@ -202,7 +217,7 @@ mod tests {
     #[test]
     fn opcode_numbers_are_stable() {
         let numbers: Vec<u8> = Opcode::ALL.iter().map(|op| *op as u8).collect();
-        assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6, 0x20, 0x21, 0x22, 0x7F]);
+        assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x7F]);
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_u8(op as u8), Some(op));
             assert_eq!(Opcode::from_u8(op as u8 | RESPONSE_BIT), Some(op));

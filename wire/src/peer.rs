@@ -9,6 +9,22 @@
 //! | GossipSyn     | [`PeerEnvelope`] of [`GossipBody::Syn`]  | [`PeerEnvelope`] of [`GossipBody::Ack`] |
 //! | GossipAck2    | [`PeerEnvelope`] of [`GossipBody::Ack2`] | empty                       |
 //! | ClusterStatus | empty              | [`ClusterStatusResponse`]                      |
+//! | PeerHello     | [`PeerHello`] Hello or Proof | [`PeerHello`] Challenge, or empty (Proof) |
+//! | ReplicaWrite  | [`ReplicaWriteRequest`] | empty                                     |
+//! | ReplicaRead   | [`ReplicaReadRequest`]  | [`ReplicaReadResponse`]                   |
+//!
+//! ## Replica links
+//! Replica copies travel between cluster cores on one long-lived, pipelined connection per
+//! peer, authenticated once rather than per message: the connecting node sends
+//! [`PeerHello::Hello`] (cluster name, its id, a random nonce `nc`); the listener answers
+//! [`PeerHello::Challenge`] (its id, its nonce `ns`, and the tag [`hello_mac`] over both
+//! nonces and both ids as the listener); the connecting node checks that tag (so it knows
+//! the listener holds the cluster key) and sends [`PeerHello::Proof`], the same tag made as
+//! the connector, which the listener checks before it reads any replica request on that
+//! connection. Fresh nonces on both sides mean a recorded handshake cannot be replayed. A
+//! connection that sends a replica request before its proof verified is refused with an
+//! `InvalidRequest` error naming the reason, and closed. The requests themselves carry no
+//! tag: the link is as trustworthy as the TCP connection (no encryption, as for gossip).
 //!
 //! A refused exchange (another cluster, a wrong secret, a malformed body) is answered with an
 //! `Error` frame (`InvalidRequest`) whose message says why.
@@ -152,6 +168,90 @@ pub struct ClusterStatusResponse {
     pub replication_factor: u8,
     /// Every known node, sorted by id, the answering node included.
     pub members: Vec<MemberStatus>,
+}
+
+/// The handshake of a replica link (see the module docs).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PeerHello {
+    /// Connector to listener. `cluster_name` is at most [`CLUSTER_NAME_BYTES_MAX`] bytes.
+    Hello { cluster_name: String, sender_id: u64, nonce: u64 },
+    /// Listener to connector: its id and nonce, and its tag over both nonces.
+    Challenge { sender_id: u64, nonce: u64, mac: [u8; 16] },
+    /// Connector to listener: the connector's tag over both nonces.
+    Proof { mac: [u8; 16] },
+}
+
+/// Longest key in a replica request: the largest key any node accepts.
+pub const REPLICA_KEY_BYTES_MAX: usize = 1024 * 1024;
+
+/// A replica copy of a write, applied as is by the owning shard of the receiving node
+/// (no new stamp: the coordinator's stamp decides between versions).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaWriteRequest {
+    pub key: Vec<u8>,
+    /// The value, or `None` for a tombstone (a delete).
+    pub value: Option<Vec<u8>>,
+    pub stamp: crate::msg::Stamp,
+    /// Absolute expiry in ms since the Unix epoch by the coordinator's clock, 0 = never.
+    pub expires_at_ms: u64,
+}
+
+/// A replica read: full data, or only the stamp (a digest).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaReadRequest {
+    pub key: Vec<u8>,
+    pub digest: bool,
+}
+
+/// What a replica holds for a key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ReplicaVersion {
+    Missing,
+    Value {
+        stamp: crate::msg::Stamp,
+        value: Vec<u8>,
+    },
+    Tombstone {
+        stamp: crate::msg::Stamp,
+    },
+    /// The answer to a digest read: the stamp of what it holds, if anything.
+    Digest {
+        stamp: Option<crate::msg::Stamp>,
+    },
+}
+
+/// The answer to a [`ReplicaReadRequest`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaReadResponse {
+    pub version: ReplicaVersion,
+}
+
+/// Domain tag of the replica-link handshake tag.
+const HELLO_DOMAIN: &[u8] = b"kvs-replica-hello-v1";
+
+/// The handshake tag made by `maker` (the listener when `as_listener`, else the connector):
+/// SipHash-2-4-128 with the cluster key over a domain tag, the role, the cluster name, both
+/// ids and both nonces, connector's first.
+pub fn hello_mac(
+    key: &ClusterKey,
+    as_listener: bool,
+    cluster_name: &str,
+    connector: (u64, u64),
+    listener: (u64, u64),
+) -> [u8; 16] {
+    let mut h = SipHasher24::new_with_keys(key.k0, key.k1);
+    h.write(HELLO_DOMAIN);
+    h.write(&[u8::from(as_listener)]);
+    write_prefixed(&mut h, cluster_name.as_bytes());
+    for v in [connector.0, connector.1, listener.0, listener.1] {
+        h.write(&v.to_le_bytes());
+    }
+    h.finish128().as_u128().to_le_bytes()
 }
 
 /// Liveness codes of [`MemberStatus::liveness`].
@@ -377,6 +477,38 @@ mod tests {
             let _ = access::<ArchivedPeerEnvelope>(&body);
             let _ = access::<ArchivedGossipBody>(&body);
             let _ = access::<ArchivedClusterStatusResponse>(&body);
+        }
+    }
+
+    #[test]
+    fn replica_messages_round_trip_and_hello_tags_bind_role_ids_and_nonces() {
+        let w = ReplicaWriteRequest {
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+            stamp: crate::msg::Stamp { hlc: 7, node: 9 },
+            expires_at_ms: 0,
+        };
+        let back: ReplicaWriteRequest =
+            to_owned(access::<ArchivedReplicaWriteRequest>(&archive(&w)).unwrap()).unwrap();
+        assert_eq!(back, w);
+        let r = ReplicaReadResponse { version: ReplicaVersion::Digest { stamp: None } };
+        let back: ReplicaReadResponse =
+            to_owned(access::<ArchivedReplicaReadResponse>(&archive(&r)).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let key = ClusterKey::derive("c", b"s");
+        let t = hello_mac(&key, true, "c", (1, 2), (3, 4));
+        assert_ne!(t, hello_mac(&key, false, "c", (1, 2), (3, 4)), "role");
+        assert_ne!(t, hello_mac(&key, true, "c", (1, 5), (3, 4)), "connector nonce");
+        assert_ne!(t, hello_mac(&key, true, "c", (1, 2), (3, 5)), "listener nonce");
+        assert_ne!(t, hello_mac(&key, true, "c", (2, 2), (3, 4)), "connector id");
+        assert_ne!(t, hello_mac(&ClusterKey::derive("c", b"t"), true, "c", (1, 2), (3, 4)), "key");
+        for len in [0usize, 1, 5, 40] {
+            let mut body: AlignedVec = AlignedVec::new();
+            body.extend_from_slice(&(0..len).map(|i| i as u8 ^ 0x5a).collect::<Vec<u8>>());
+            let _ = access::<ArchivedPeerHello>(&body);
+            let _ = access::<ArchivedReplicaWriteRequest>(&body);
+            let _ = access::<ArchivedReplicaReadRequest>(&body);
+            let _ = access::<ArchivedReplicaReadResponse>(&body);
         }
     }
 }

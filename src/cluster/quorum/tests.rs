@@ -269,6 +269,19 @@ fn missing_everywhere_is_missing_with_nothing_to_repair() {
 }
 
 #[test]
+fn a_failed_replica_is_replaced_by_a_spare() {
+    let mut r = ReadResolver::new(&up(&[1, 2, 3]), req(2)).unwrap();
+    assert_eq!(r.targets(), vec![(NodeId(1), ReadKind::Data), (NodeId(2), ReadKind::Digest)]);
+    assert_eq!(r.replace_with_spare(NodeId(2), ReadKind::Digest), Some(NodeId(3)));
+    assert_eq!(r.on_failure(NodeId(2)), ReadStep::Pending, "3 keeps R within reach");
+    assert_eq!(r.replace_with_spare(NodeId(3), ReadKind::Digest), None, "no spare left");
+    assert_eq!(r.replace_with_spare(NodeId(2), ReadKind::Digest), None, "2 is not awaited");
+    assert_eq!(r.on_reply(NodeId(1), ReadReply::Data(value(5, 1, "a"))), ReadStep::Pending);
+    assert_eq!(r.on_reply(NodeId(3), ReadReply::Digest(Some(stamp(5, 1)))), ReadStep::Resolved);
+    assert_eq!(r.outcome().unwrap().value().unwrap().0, b"a");
+}
+
+#[test]
 fn read_failures_and_timeouts_report_counts() {
     let mut r = ReadResolver::new(&up(&[1, 2, 3]), req(2)).unwrap();
     assert_eq!(r.on_reply(NodeId(2), ReadReply::Digest(None)), ReadStep::Pending);
