@@ -165,6 +165,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         connection_inflight_max: config.connection_inflight_max,
         connections_max: config.connections_max,
         replica_timeout_ms: config.replica_timeout_ms,
+        standalone: config.seeds.is_empty(),
     };
 
     let hint_options = (config.hints_mb > 0).then(|| {

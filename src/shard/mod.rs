@@ -155,6 +155,10 @@ pub struct ShardSettings {
     pub connections_max: usize,
     /// How long a coordinator waits for remote replicas, ms.
     pub replica_timeout_ms: u64,
+    /// The node was started without seeds: while its ring holds only itself it is a
+    /// single-node store (effective N of 1). A node with seeds never is: before it has heard
+    /// from its peers, quorum requests are `Unavailable` rather than served by one copy.
+    pub standalone: bool,
 }
 
 /// Counters of one executor, reported at shutdown and, for shards, in stats responses (see
@@ -187,22 +191,26 @@ struct Placement {
     /// The ring of `topology`'s nodes, for replica sets.
     ring: Ring,
     /// The effective N and the default consistencies. N is the configured replication factor,
-    /// but at most the number of nodes in the ring: a cluster smaller than N keeps one copy
-    /// per node, and consistency counts are taken over the copies that exist (so a single
-    /// node on defaults serves quorum requests).
+    /// except on a standalone node (no seeds) whose ring holds only itself, where it is 1: one
+    /// node on defaults serves quorum requests. Otherwise a ring with fewer nodes than N has
+    /// fewer replicas than N, and a consistency that needs more answers `Unavailable` (never
+    /// "all" acknowledged by fewer than N copies).
     quorum: QuorumOptions,
 }
 
 impl Placement {
-    fn new(topology: Arc<TopologyResponse>) -> Placement {
+    fn new(topology: Arc<TopologyResponse>, standalone: bool) -> Placement {
         let ring = Ring::new(
             topology
                 .nodes
                 .iter()
                 .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect())),
         );
-        let nodes = u8::try_from(ring.node_count()).unwrap_or(u8::MAX).max(1);
-        let n = topology.replication_factor.clamp(1, nodes);
+        let n = if standalone && ring.node_count() <= 1 {
+            1
+        } else {
+            topology.replication_factor.max(1)
+        };
         let quorum = QuorumOptions::with_replication_factor(n);
         Placement { topology, ring, quorum }
     }
@@ -256,12 +264,13 @@ impl ExecutorCtx {
     ) -> ExecutorCtx {
         let mut hlc = Hlc::new();
         hlc.observe(hlc_floor);
+        let standalone = settings.standalone;
         ExecutorCtx {
             index,
             settings,
             engine,
             hlc: RefCell::new(hlc),
-            placement: RefCell::new(Rc::new(Placement::new(topology))),
+            placement: RefCell::new(Rc::new(Placement::new(topology, standalone))),
             peer_service: RefCell::new(None),
             replica_service: RefCell::new(None),
             alive: RefCell::new((0, Arc::new(Vec::new()))),
@@ -291,7 +300,8 @@ impl ExecutorCtx {
     /// Keeps `topology` (and rebuilds the ring from it) if it is newer than the one held.
     pub fn set_topology(&self, topology: Arc<TopologyResponse>) {
         if topology.version > self.placement.borrow().topology.version {
-            *self.placement.borrow_mut() = Rc::new(Placement::new(topology));
+            *self.placement.borrow_mut() =
+                Rc::new(Placement::new(topology, self.settings.standalone));
         }
     }
 
@@ -469,5 +479,40 @@ impl ExecutorCtx {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvs_wire::msg::NodeInfo;
+    use kvs_wire::placement::vnode_tokens;
+
+    fn topology(nodes: &[u64]) -> Arc<TopologyResponse> {
+        Arc::new(TopologyResponse {
+            version: 1,
+            self_id: nodes[0],
+            replication_factor: 3,
+            nodes: nodes
+                .iter()
+                .map(|id| NodeInfo {
+                    id: *id,
+                    addr: format!("127.0.0.{id}:7000"),
+                    shard_ports: vec![7001],
+                    tokens: vnode_tokens(NodeId(*id), 8).into_iter().map(|t| t.0).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn only_a_standalone_node_alone_in_its_ring_runs_with_one_replica() {
+        let n = |nodes: &[u64], standalone| {
+            Placement::new(topology(nodes), standalone).quorum.replication_factor
+        };
+        assert_eq!(n(&[1], true), 1, "no seeds, alone: a single-node store");
+        assert_eq!(n(&[1], false), 3, "seeds but no peer heard yet: N stays 3 (Unavailable)");
+        assert_eq!(n(&[1, 2], true), 3, "a peer joined the seed node: N is the configured 3");
+        assert_eq!(n(&[1, 2, 3], false), 3);
     }
 }
