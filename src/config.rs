@@ -324,6 +324,16 @@ impl NodeConfig {
     /// Checks every setting; the node refuses to start on the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let addr = self.listen_addr()?;
+        if !self.seeds.is_empty()
+            && self.cluster_secret.is_none()
+            && self.cluster_secret_file.is_none()
+        {
+            return Err(invalid(
+                "seeds",
+                "joining a cluster needs its secret (cluster_secret_file or cluster_secret): \
+                 without one, anyone who learns the cluster name could join",
+            ));
+        }
         let shards = self.shard_count();
         if shards == 0 || shards > SHARDS_MAX {
             return Err(invalid("shards", format!("{shards} is not in 1..={SHARDS_MAX}")));
@@ -468,6 +478,9 @@ mod tests {
         assert_eq!(c.seed_addrs().unwrap(), vec!["127.0.0.2:7000".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.cluster_secret_bytes().unwrap(), b"s3cret");
         assert_eq!((c.gossip_interval_ms, c.phi_threshold, c.replication_factor), (100, 6.5, 2));
+        let no_secret = NodeConfig { cluster_secret_file: None, ..c.clone() };
+        let err = no_secret.validate().unwrap_err().to_string();
+        assert!(err.contains("needs its secret"), "seeds without a secret are refused: {err}");
         let both = NodeConfig { cluster_secret: Some("x".into()), ..c };
         assert!(both.cluster_secret_bytes().is_err());
     }

@@ -97,12 +97,14 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
     let node_id = load_or_create_node_id(&data_dir)?;
     let generation = next_generation(&data_dir)?;
     let seeds = config.seed_addrs()?;
-    let secret = config.cluster_secret_bytes()?;
-    if !seeds.is_empty() && secret.is_empty() {
-        tracing::warn!(
-            "no cluster secret: any process that knows the cluster name can join; set \
-             cluster_secret_file"
-        );
+    let mut secret = config.cluster_secret_bytes()?;
+    if secret.is_empty() {
+        // No secret: a node on its own (validate() refuses seeds without one). A random key
+        // that exists only in this process keeps every other process out: nobody can join a
+        // node that was not given a secret.
+        use rand::RngCore;
+        secret = vec![0u8; 32];
+        rand::thread_rng().fill_bytes(&mut secret);
     }
 
     let shards = config.shard_count();
