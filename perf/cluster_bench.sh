@@ -112,10 +112,23 @@ start_cluster() {
       python3 -c 'import json,sys; sys.exit(len(json.load(open(sys.argv[1]))["nodes"]) != 3)' \
         "$OUT/cluster-status.json"; then
       "$KVS_BIN" status --addr "127.0.0.1:$PORT" >"$OUT/cluster-status.txt" 2>&1 || true
-      return 0
+      break
     fi
     sleep 0.1
   done
+  # Shards learn liveness from their cluster core one gossip round after `status` shows it:
+  # wait until writes at `all` (every replica alive on the coordinating shard) go through
+  # for probe keys spread over every node.
+  for _ in $(seq 1 $((START_TIMEOUT_S * 2))); do
+    local ok=1
+    for i in $(seq 1 24); do
+      "$KVS_BIN" put "cluster-bench-probe-$i" x --consistency all --addr "127.0.0.1:$PORT" \
+        >/dev/null 2>&1 || { ok=0; break; }
+    done
+    [ "$ok" = 1 ] && return 0
+    sleep 0.5
+  done
+  die "writes at consistency all did not go through within ${START_TIMEOUT_S} s"
   die "the cluster did not converge; see $OUT/cluster-status.txt"
 }
 
