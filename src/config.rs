@@ -324,6 +324,16 @@ impl NodeConfig {
     /// Checks every setting; the node refuses to start on the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let addr = self.listen_addr()?;
+        let clustered = self.cluster_secret.is_some() || self.cluster_secret_file.is_some();
+        if addr.ip().is_unspecified() && (clustered || !self.seeds.is_empty()) {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "{addr} is what peers would be told to connect to, and it names no host: \
+                     listen on the address other nodes reach this one at"
+                ),
+            ));
+        }
         if !self.seeds.is_empty()
             && self.cluster_secret.is_none()
             && self.cluster_secret_file.is_none()
@@ -478,6 +488,9 @@ mod tests {
         assert_eq!(c.seed_addrs().unwrap(), vec!["127.0.0.2:7000".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.cluster_secret_bytes().unwrap(), b"s3cret");
         assert_eq!((c.gossip_interval_ms, c.phi_threshold, c.replication_factor), (100, 6.5, 2));
+        let wildcard = NodeConfig { listen: "0.0.0.0:7000".into(), ..c.clone() };
+        let err = wildcard.validate().unwrap_err().to_string();
+        assert!(err.contains("names no host"), "{err}");
         let no_secret = NodeConfig { cluster_secret_file: None, ..c.clone() };
         let err = no_secret.validate().unwrap_err().to_string();
         assert!(err.contains("needs its secret"), "seeds without a secret are refused: {err}");

@@ -109,13 +109,6 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
 
     let shards = config.shard_count();
     let listen = config.listen_addr()?;
-    if listen.ip().is_unspecified() && !seeds.is_empty() {
-        tracing::warn!(
-            %listen,
-            "listening on an unspecified address: peers will be told to gossip to {listen}, \
-             which only works on one host; listen on an address they can reach"
-        );
-    }
     let node_listener = bind(listen)?;
     let node_addr =
         node_listener.local_addr().map_err(|source| NodeError::Bind { addr: listen, source })?;

@@ -253,16 +253,12 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     writer.await;
 }
 
+/// The node-to-node requests whose body may exceed the client bound: gossip states (up to
+/// the gossip bound) and replica writes (a client's largest value plus the replica envelope).
+/// ClusterStatus, PeerHello and ReplicaRead bodies are small and keep the client bound, so an
+/// unauthenticated sender cannot make the node buffer a large frame with them.
 fn is_peer_opcode(op: Opcode) -> bool {
-    matches!(
-        op,
-        Opcode::GossipSyn
-            | Opcode::GossipAck2
-            | Opcode::ClusterStatus
-            | Opcode::PeerHello
-            | Opcode::ReplicaWrite
-            | Opcode::ReplicaRead
-    )
+    matches!(op, Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ReplicaWrite)
 }
 
 fn request_id_of(header: &[u8]) -> u64 {
