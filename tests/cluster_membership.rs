@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kvs_wire::msg::{self, ArchivedErrorResponse};
 use kvs_wire::{ErrorCode, FrameHeader, Opcode};
 use serde_json::Value;
-use support::{kvs, Raw, Server};
+use support::{kvs, wait_for, Raw, Server};
 
 const GOSSIP: &[&str] = &["--shards", "1", "--gossip-interval-ms", "100"];
 
@@ -30,19 +30,6 @@ fn status(addr: &str) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Polls `check` every 100 ms until it returns Some, at most `limit`; panics with `what`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    for _ in 0..10_000 {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting for {what}");
 }
 
 /// Node id -> (state, liveness) in a status.

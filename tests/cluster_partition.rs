@@ -25,6 +25,8 @@
 
 mod support;
 
+use support::wait_for;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -86,19 +88,6 @@ fn converged(net: &TestNet, ids: &[String]) -> Option<Vec<Value>> {
     }
     let v0 = &statuses[0]["topology_version"];
     statuses.iter().all(|s| &s["topology_version"] == v0).then_some(statuses)
-}
-
-/// Polls `check` every 100 ms until it returns Some, at most `limit`; panics with `what`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    for _ in 0..10_000 {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting for {what}");
 }
 
 /// The ring the nodes place keys on, rebuilt from a status (ids and vnode counts).

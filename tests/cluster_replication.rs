@@ -20,25 +20,12 @@ use kvs_wire::msg::{
 };
 use kvs_wire::{FrameHeader, Opcode};
 use serde_json::Value;
-use support::{kvs, Raw, Server};
+use support::{kvs, wait_for, Raw, Server};
 
 /// `kvs status --json` of the node at `addr`, or None when it could not be asked.
 fn status(addr: &str) -> Option<Value> {
     let out = kvs(&["status", "--addr", addr, "--json", "--timeout-ms", "2000"], None);
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Polls `check` every 100 ms until it returns Some, at most `limit`; panics with `what`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    for _ in 0..10_000 {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting for {what}");
 }
 
 /// Liveness of node `id` as the node at `addr` sees it.

@@ -257,3 +257,16 @@ pub fn port_free_on_hosts(hosts: u8, span: u16) -> u16 {
     }
     panic!("no port range free on 127.0.0.1-{hosts} after 200 tries");
 }
+
+/// Polls `check` every 100 ms until it returns Some, at most `limit`; panics with `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    for _ in 0..10_000 {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
