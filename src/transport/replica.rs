@@ -475,17 +475,7 @@ impl ReplicaLinks {
             sender_id: self.me.0,
             nonce: nonce_ours,
         };
-        let mut out = Vec::new();
-        msg::write_frame(&mut out, Opcode::PeerHello, false, 0, &hello)
-            .map_err(|e| format!("encoding hello: {e}"))?;
-        stream.write_all(&out).await.map_err(|e| format!("sending hello to {addr}: {e}"))?;
-        let (h, body) = read_frame(&mut stream).await?;
-        if h.opcode == Opcode::Error {
-            return Err(format!("{addr} refused the replica link: {}", error_message(&body)));
-        }
-        if h.opcode != Opcode::PeerHello || !h.response {
-            return Err(format!("{addr} answered a hello with {:?}", h.opcode));
-        }
+        let body = hello_step(&mut stream, addr, "hello", &hello).await?;
         let (peer_id, nonce_peer, tag) = match msg::access::<ArchivedPeerHello>(&body) {
             Ok(ArchivedPeerHello::Challenge { sender_id, nonce, mac }) => {
                 (sender_id.to_native(), nonce.to_native(), *mac)
@@ -517,17 +507,7 @@ impl ReplicaLinks {
                 (peer_id, nonce_peer),
             ),
         };
-        out.clear();
-        msg::write_frame(&mut out, Opcode::PeerHello, false, 0, &proof)
-            .map_err(|e| format!("encoding proof: {e}"))?;
-        stream.write_all(&out).await.map_err(|e| format!("sending proof to {addr}: {e}"))?;
-        let (h, body) = read_frame(&mut stream).await?;
-        if h.opcode == Opcode::Error {
-            return Err(format!("{addr} refused our proof: {}", error_message(&body)));
-        }
-        if h.opcode != Opcode::PeerHello || !h.response {
-            return Err(format!("{addr} answered a proof with {:?}", h.opcode));
-        }
+        hello_step(&mut stream, addr, "proof", &proof).await?;
         Ok(stream)
     }
 
@@ -731,6 +711,29 @@ impl ReplicaLinks {
 }
 
 /// The error message of an `Error` frame's body.
+/// One step of the connecting side's handshake: sends `step` (`what`: "hello" or "proof")
+/// as a PeerHello frame and returns the body of the PeerHello response; an error frame or any
+/// other answer is the reason the link is refused.
+async fn hello_step(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    what: &str,
+    step: &PeerHello,
+) -> Result<AlignedVec, String> {
+    let mut out = Vec::new();
+    msg::write_frame(&mut out, Opcode::PeerHello, false, 0, step)
+        .map_err(|e| format!("encoding {what}: {e}"))?;
+    stream.write_all(&out).await.map_err(|e| format!("sending {what} to {addr}: {e}"))?;
+    let (h, body) = read_frame(stream).await?;
+    if h.opcode == Opcode::Error {
+        return Err(format!("{addr} refused our {what}: {}", error_message(&body)));
+    }
+    if h.opcode != Opcode::PeerHello || !h.response {
+        return Err(format!("{addr} answered our {what} with {:?}", h.opcode));
+    }
+    Ok(body)
+}
+
 fn error_message(body: &[u8]) -> String {
     let mut aligned: AlignedVec = AlignedVec::with_capacity(body.len());
     aligned.extend_from_slice(body);
