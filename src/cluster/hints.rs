@@ -186,6 +186,16 @@ impl HintLedger {
         self.counters.stored += 1;
     }
 
+    /// A hint counted by [`HintLedger::on_stored`] did not become durable (the log failed).
+    pub fn on_store_failed(&mut self, target: u64, segment: u64, bytes: u64) {
+        if let Some(info) = self.segments.get_mut(&target).and_then(|s| s.get_mut(&segment)) {
+            info.bytes = info.bytes.saturating_sub(bytes);
+            info.hints = info.hints.saturating_sub(1);
+            self.total_bytes = self.total_bytes.saturating_sub(bytes);
+            self.counters.stored = self.counters.stored.saturating_sub(1);
+        }
+    }
+
     /// A segment found at startup, with what reading it showed.
     pub fn on_recovered(&mut self, target: u64, segment: u64, info: SegmentInfo) {
         let old = self.segments.entry(target).or_default().insert(segment, info);

@@ -21,7 +21,7 @@
 //! the newer version by stamp).
 
 use std::cell::{Cell, Ref, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -107,9 +107,10 @@ pub struct HintLog {
     /// The open segment per target.
     writers: RefCell<BTreeMap<u64, Rc<LogWriter>>>,
     next_segment: Cell<u64>,
-    /// Serializes segment creation and replays (both await between reading and changing
-    /// `writers`).
+    /// Serializes segment creation (it awaits between reading and changing `writers`).
     gate: glommio::sync::Semaphore,
+    /// Targets being replayed now.
+    replaying: RefCell<BTreeSet<u64>>,
 }
 
 impl HintLog {
@@ -157,6 +158,7 @@ impl HintLog {
             writers: RefCell::new(BTreeMap::new()),
             next_segment: Cell::new(next_segment),
             gate: glommio::sync::Semaphore::new(1),
+            replaying: RefCell::new(BTreeSet::new()),
         };
         Ok((log, report))
     }
@@ -186,11 +188,19 @@ impl HintLog {
             let writer = self.writer_for(target).await?;
             match writer.append(&payload) {
                 Ok(lsn) => {
-                    writer.durable(lsn).await?;
-                    self.ledger.borrow_mut().on_stored(target, writer.segment_id(), bytes, now_ms);
+                    // Counted at once, before the await: a replay that starts meanwhile closes
+                    // this segment (which makes the record durable first) and must see it.
+                    let segment = writer.segment_id();
+                    self.ledger.borrow_mut().on_stored(target, segment, bytes, now_ms);
+                    if let Err(e) = writer.durable(lsn).await {
+                        self.ledger.borrow_mut().on_store_failed(target, segment, bytes);
+                        return Err(e.into());
+                    }
                     return Ok(Stored::Kept);
                 }
                 Err(IoError::SegmentFull { .. }) => self.seal(target, &writer).await?,
+                // A replay closed the segment: the next one takes the hint.
+                Err(IoError::Closed { .. }) => self.seal(target, &writer).await?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -208,14 +218,21 @@ impl HintLog {
         F: FnMut(Hint) -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
-        let _permit = self.gate.acquire_permit(1).await.map_err(closed)?;
+        let mut report = ReplayReport::default();
+        // One replay per target at a time; other targets' replays and every store go on.
+        let Some(_replaying) = ReplayGuard::enter(&self.replaying, target) else {
+            report.stopped = Some("a replay of this target is already running".into());
+            return Ok(report);
+        };
+        // Take the open segment out and list the segments to replay in one synchronous step:
+        // a store after it starts a new segment, which the next replay covers. Closing makes
+        // every record appended to it durable, and the ledger counted each at its append.
         let open = self.writers.borrow_mut().remove(&target);
+        let segments = self.ledger.borrow().replay_order(target);
         if let Some(writer) = open {
             writer.close().await?;
         }
-        let mut report = ReplayReport::default();
         let mut bucket = TokenBucket::new(self.opts.hints.replay_bytes_per_s, now_ms());
-        let segments = self.ledger.borrow().replay_order(target);
         for segment in segments {
             let path = segment_path(&self.opts.dir, target, segment);
             if self.ledger.borrow().is_expired(target, segment, now_ms()) {
@@ -334,6 +351,26 @@ impl HintLog {
         kvs_io::sync_dir(target_dir(&self.opts.dir, target)).await?;
         self.ledger.borrow_mut().on_segment_removed(target, segment, replayed, expired);
         Ok(())
+    }
+}
+
+/// Marks a target as being replayed until dropped (also when the replay is cancelled).
+struct ReplayGuard<'a> {
+    set: &'a RefCell<BTreeSet<u64>>,
+    target: u64,
+}
+
+impl<'a> ReplayGuard<'a> {
+    fn enter(set: &'a RefCell<BTreeSet<u64>>, target: u64) -> Option<ReplayGuard<'a>> {
+        let entered = set.borrow_mut().insert(target);
+        // (Built only when entered: a guard dropped here would unmark the running replay.)
+        entered.then(|| ReplayGuard { set, target })
+    }
+}
+
+impl Drop for ReplayGuard<'_> {
+    fn drop(&mut self) {
+        self.set.borrow_mut().remove(&self.target);
     }
 }
 
@@ -521,6 +558,56 @@ mod tests {
             assert_eq!(delivered.borrow().len(), 201, "every hint delivered at least once");
             assert_eq!(log.ledger().total_bytes(), 0);
             assert_eq!(files(&path, 7), 0);
+        });
+    }
+
+    #[test]
+    fn stores_during_a_replay_are_kept_for_the_next_and_other_targets_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let (log, _) = HintLog::open(opts(&path)).await.unwrap();
+            let log = Rc::new(log);
+            for i in 0..30 {
+                log.store(7, None, &hint(i, 10), 10).await.unwrap();
+            }
+            let sent = Rc::new(RefCell::new(Vec::new()));
+            let replay = {
+                let (log, sent) = (log.clone(), sent.clone());
+                glommio::spawn_local(async move {
+                    log.replay(
+                        7,
+                        || 20,
+                        |h| {
+                            sent.borrow_mut().push(h.key);
+                            // A slow peer: the replay yields between hints.
+                            async {
+                                glommio::timer::sleep(Duration::from_millis(2)).await;
+                                Ok(())
+                            }
+                        },
+                    )
+                    .await
+                    .unwrap()
+                })
+            };
+            // While it runs: a second replay of the same target declines, stores for it and
+            // for another target go through.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            let second = log.replay(7, || 20, |_| async { Ok(()) }).await.unwrap();
+            assert!(second.stopped.is_some_and(|s| s.contains("already running")));
+            for i in 100..120 {
+                assert_eq!(log.store(7, None, &hint(i, 11), 11).await.unwrap(), Stored::Kept);
+                assert_eq!(log.store(8, None, &hint(i, 11), 11).await.unwrap(), Stored::Kept);
+            }
+            let first = replay.await;
+            assert_eq!(first.stopped, None);
+            assert_eq!(first.sent, 30, "the replay covers what was stored before it");
+            assert_eq!(log.ledger().hints_for(7), 20, "hints stored meanwhile are kept");
+            assert_eq!(log.ledger().hints_for(8), 20);
+            let again = log.replay(7, || 20, |_| async { Ok(()) }).await.unwrap();
+            assert_eq!(again.sent, 20);
+            assert_eq!(log.ledger().hints_for(7), 0);
         });
     }
 
