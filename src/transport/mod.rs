@@ -26,8 +26,8 @@
 //! [`REFUSAL_LOGS_PER_INTERVAL_MAX`] lines per interval in all) and answers the sender
 //! with an `InvalidRequest` error that says why, which the sender logs in turn.
 //!
-//! - **Liveness**: every round it publishes to every shard the set of nodes the failure
-//!   detector holds alive (alive or suspect) when it changed ([`ExecutorCtx::publish_liveness`]),
+//! - **Liveness**: every round and after every merge it publishes to every shard the set of
+//!   nodes the failure detector holds alive (alive or suspect) when it changed ([`ExecutorCtx::publish_liveness`]),
 //!   so coordinators count only reachable replicas.
 //!
 //! Replica requests travel on their own long-lived links ([`replica`]), not on gossip's
@@ -498,6 +498,7 @@ impl GossipCore {
         }
         let reply = self.membership.borrow_mut().receive(self.now_ms(), from, ack);
         self.publish_if_changed();
+        self.publish_liveness_if_changed(self.now_ms());
         let Some(ack2) = reply else {
             let _ = stream.close().await;
             return Ok(());
@@ -665,6 +666,9 @@ impl GossipCore {
             return;
         }
         self.publish_if_changed();
+        // A merge can make a node alive at once (its first heartbeats): tell the shards now
+        // rather than at the next round, so they count it as soon as `kvs status` shows it.
+        self.publish_liveness_if_changed(self.now_ms());
         match (opcode, reply) {
             (Opcode::GossipSyn, Some(ack)) => {
                 match self.sealed_frame(Opcode::GossipSyn, true, request_id, &ack) {
