@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kvs_wire::msg::{self, ArchivedErrorResponse};
 use kvs_wire::{ErrorCode, FrameHeader, Opcode};
 use serde_json::Value;
-use support::{kvs, wait_for, Raw, Server};
+use support::{kvs, members, wait_for, Raw, Server};
 
 const GOSSIP: &[&str] = &["--shards", "1", "--gossip-interval-ms", "100"];
 
@@ -30,19 +30,6 @@ fn status(addr: &str) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Node id -> (state, liveness) in a status.
-fn members(s: &Value) -> BTreeMap<String, (String, String)> {
-    s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let f = |k: &str| n[k].as_str().unwrap().to_string();
-            (f("id"), (f("state"), f("liveness")))
-        })
-        .collect()
 }
 
 /// The statuses of `nodes` once each lists exactly `ids`, all up and alive, with one

@@ -25,7 +25,7 @@
 
 mod support;
 
-use support::wait_for;
+use support::{members, wait_for};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,19 +55,6 @@ fn status(net: &TestNet, i: usize, timeout_ms: &str) -> Option<Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Node id -> (state, liveness) in a status.
-fn members(s: &Value) -> BTreeMap<String, (String, String)> {
-    s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let f = |k: &str| n[k].as_str().unwrap().to_string();
-            (f("id"), (f("state"), f("liveness")))
-        })
-        .collect()
 }
 
 fn liveness_of(s: &Value, id: &str) -> Option<String> {

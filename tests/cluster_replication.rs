@@ -102,22 +102,25 @@ fn local_value(node: &Server, key: &str) -> Option<Vec<u8>> {
     raw_call(&shard_of(node), &get_frame(key, Consistency::One)).expect("a local read")
 }
 
+/// Flags every node of these tests starts with (one shard, fast gossip, one cluster).
+const NODE_ARGS: [&str; 8] = [
+    "--shards",
+    "1",
+    "--gossip-interval-ms",
+    "100",
+    "--cluster-name",
+    "repl",
+    "--cluster-secret",
+    "00112233445566778899aabbccddeeff",
+];
+
 #[test]
 fn three_replicas_quorum_across_coordinators_and_all_unavailable_after_a_kill() {
     let started = Instant::now();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let port = port_free_on_three_addresses();
     let listen = |ip: u8| format!("127.0.0.{ip}:{port}");
-    let base = [
-        "--shards",
-        "1",
-        "--gossip-interval-ms",
-        "100",
-        "--cluster-name",
-        "repl",
-        "--cluster-secret",
-        "00112233445566778899aabbccddeeff",
-    ];
+    let base = NODE_ARGS;
     let n1 = Server::start_at(&listen(1), dirs[0].path(), &base);
     let mut with_seed: Vec<&str> = base.to_vec();
     let seed = n1.addr.clone();
@@ -235,19 +238,7 @@ impl Three {
     }
 
     fn start_node(&self, i: usize) -> Server {
-        let mut args: Vec<String> = [
-            "--shards",
-            "1",
-            "--gossip-interval-ms",
-            "100",
-            "--cluster-name",
-            "repl",
-            "--cluster-secret",
-            "00112233445566778899aabbccddeeff",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = NODE_ARGS.iter().map(|s| s.to_string()).collect();
         args.extend(self.extra.iter().cloned());
         if i > 0 {
             args.extend(["--seeds".to_string(), format!("127.0.0.1:{}", self.port)]);

@@ -43,7 +43,13 @@ impl Server {
 
     /// Like [`Server::start`], listening on `listen` (for example `127.0.0.2:0`).
     pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(kvs_bin());
+        Server::spawn(Command::new(kvs_bin()), listen, data_dir, extra)
+    }
+
+    /// Runs `kvs server --listen LISTEN --data-dir DATA_DIR EXTRA...` through `cmd` (the `kvs`
+    /// binary, or a wrapper such as `ip netns exec NS kvs`) and waits (at most 60 s) for its
+    /// ready line.
+    pub fn spawn(mut cmd: Command, listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
         cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -75,26 +81,21 @@ impl Server {
                 }
             });
         }
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not become ready; stderr:\n{}", stderr.lock().unwrap());
-            }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server at {listen} did not become ready; stderr:\n{}", stderr.lock().unwrap());
         };
         let field = |name: &str| -> String {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
                 .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
         };
-        let addr = field("listen");
-        let node_id = field("node");
-        let shard_ports = field("shard_ports").split(',').map(|p| p.parse().unwrap()).collect();
         Server {
             child: Some(child),
-            addr,
-            node_id,
-            shard_ports,
+            addr: field("listen"),
+            node_id: field("node"),
+            shard_ports: field("shard_ports").split(',').map(|p| p.parse().unwrap()).collect(),
             data_dir: data_dir.to_path_buf(),
             stderr,
         }
@@ -269,4 +270,17 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("gave up waiting for {what}");
+}
+
+/// Node id -> (state, liveness) in a `kvs status --json` answer.
+pub fn members(s: &serde_json::Value) -> std::collections::BTreeMap<String, (String, String)> {
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let f = |k: &str| n[k].as_str().unwrap().to_string();
+            (f("id"), (f("state"), f("liveness")))
+        })
+        .collect()
 }

@@ -47,10 +47,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Duration;
 
 use super::{kvs_bin, Server};
 
@@ -196,62 +192,7 @@ impl TestNet {
     /// `extra` flags and waits (at most 60 s) for its ready line, like [`Server::start_at`].
     pub fn start_server(&self, i: usize, port: u16, data_dir: &Path, extra: &[&str]) -> Server {
         let listen = format!("{}:{port}", self.addr(i));
-        let mut cmd = self.command(i, kvs_bin());
-        cmd.args(["server", "--listen", &listen, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn kvs server in a namespace");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let pipe = child.stderr.take().expect("stderr pipe");
-            let sink = stderr.clone();
-            thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        {
-            let pipe = child.stdout.take().expect("stdout pipe");
-            thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if line.starts_with("kvs server ready:") {
-                        let _ = tx.send(line);
-                    }
-                }
-            });
-        }
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "server in {} did not become ready; stderr:\n{}",
-                self.ns(i),
-                stderr.lock().unwrap()
-            );
-        };
-        let field = |name: &str| -> String {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
-                .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
-        };
-        Server {
-            child: Some(child),
-            addr: field("listen"),
-            node_id: field("node"),
-            shard_ports: field("shard_ports").split(',').map(|p| p.parse().unwrap()).collect(),
-            data_dir: data_dir.to_path_buf(),
-            stderr,
-        }
+        Server::spawn(self.command(i, kvs_bin()), &listen, data_dir, extra)
     }
 }
 
