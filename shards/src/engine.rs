@@ -62,6 +62,33 @@
 //! `max_stamp` is below the best stamp found so far is skipped (it cannot win). A tombstone
 //! is a result ([`Lookup::Deleted`]).
 //!
+//! ## Scans
+//! [`Engine::scan_page`] streams the whole key space in pages (for moving token ranges between
+//! nodes). A page snapshots, in one synchronous step like a read, the memtable, the immutable
+//! memtable and the table list (cloning the readers' `Rc`s). From each source it takes the
+//! entries after `after` in key order until the source has given `max_keys` entries or
+//! `max_bytes` of key + value bytes; a source stopped with entries left is *cut*. The page's
+//! `bound` is the smallest last-taken key among the cut sources: every source has given every
+//! version it holds up to `bound` (a cut source stopped at or past it, an uncut one gave
+//! everything), so reconciling the versions of keys `<= bound` by last-write-wins yields the
+//! newest version of exactly the keys in `(after, bound]`, and the next page starts after
+//! `bound`. Hence no key is skipped or repeated across pages, and each page but the last holds
+//! at least the entries of the source that defined `bound` (at least one key). With no cut
+//! source, the page ends the scan (`next = None`).
+//!
+//! Pages see different snapshots: a key written before the scan started appears with that
+//! version or a newer one; keys written during the scan may or may not appear. Table blocks
+//! are read ahead and do not enter the block cache. A compaction that commits while a page
+//! reads a table removes the file, but the page's `Rc` keeps the reader and its open file
+//! descriptor alive (the engine closes only readers no one else holds), so the page reads the
+//! unlinked file to the end; the descriptor is closed (asynchronously, by glommio) when the
+//! page drops the last `Rc`. Every page seeks every table anew (an index search, then the
+//! block holding the first key after `after`), so a table costs at least one block read per
+//! page while it has keys left: pages of many keys amortize that. A
+//! tombstone collected by compaction between pages (past `gc_grace_ms`) is simply absent
+//! from later pages. Memory per page is bounded by the sources: up to `max_keys` entries and
+//! about `max_bytes` (plus one entry) per source, with one table read-ahead buffer at a time.
+//!
 //! ## Open (recovery)
 //! Manifest (created in a fresh directory; `*.sst` without a manifest is `Corrupt`) → remove
 //! `*.sst.tmp` and `*.sst` the manifest does not list → open a reader per listed table →
@@ -431,18 +458,48 @@ impl Engine {
                 continue;
             }
             if let Some(found) = table.get(key).await? {
-                let entry = match found.value {
-                    SstValue::Value(value) => Entry::Value {
-                        value,
-                        stamp: found.stamp,
-                        expires_at_ms: found.expires_at_ms,
-                    },
-                    SstValue::Tombstone => Entry::Tombstone { stamp: found.stamp },
-                };
-                consider(&mut best, entry);
+                consider(&mut best, entry_of(found).1);
             }
         }
         Ok(best.map_or(Lookup::Missing, |e| e.to_lookup(self.opts.clock.now_ms())))
+    }
+
+    /// One page of a scan of the whole key space: the newest version of every key in
+    /// `(after, bound]` that `keep` accepts, in key order, as stored (expired values and
+    /// tombstones included; expiry is the caller's to judge). See "Scans" in the module docs
+    /// for how `bound` is chosen and why pages neither skip nor repeat a key. Resume with
+    /// `after = page.next` until it is `None`. `max_keys` and `max_bytes` (key + value bytes)
+    /// bound what each source gives to one page; both are clamped to at least 1, so every
+    /// page that is not the last makes progress, even past a value larger than `max_bytes`.
+    ///
+    /// Damage in a table is [`ShardError::Corrupt`] naming the file; a closed engine answers
+    /// [`ShardError::Closed`].
+    pub async fn scan_page(
+        &self,
+        after: Option<&[u8]>,
+        keep: &dyn Fn(&[u8]) -> bool,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, ShardError> {
+        if self.closed.get() {
+            return Err(ShardError::Closed);
+        }
+        let limit = ScanLimit { keys_max: max_keys.max(1), bytes_max: max_bytes.max(1) };
+        // One synchronous snapshot, as in `get`: memtable and immutable memtable are copied
+        // (up to the limit) and the table list is cloned before the first await, so a flush
+        // or a compaction that commits during the page cannot hide a version from it. The
+        // `Rc`s keep the readers of tables compacted meanwhile open (see "Scans").
+        let mut runs: Vec<ScanRun> = Vec::new();
+        runs.push(limit.take_memtable(&self.memtable.borrow(), after));
+        if let Some((imm, _)) = &*self.immutable.borrow() {
+            runs.push(limit.take_memtable(imm, after));
+        }
+        let tables: Vec<Rc<SstableReader>> =
+            self.tables.borrow().iter().map(|t| Rc::clone(&t.reader)).collect();
+        for table in &tables {
+            runs.push(limit.take_table(table, after).await?);
+        }
+        Ok(reconcile_page(runs, keep))
     }
 
     /// A snapshot of the counters.
@@ -769,6 +826,143 @@ async fn wait_until(waiters: &RefCell<Vec<Waker>>, done: impl Fn() -> bool) {
         }
     })
     .await;
+}
+
+/// A table entry in the memtable's form, with its key.
+fn entry_of(found: sstable::SstEntry) -> (Vec<u8>, Entry) {
+    let entry = match found.value {
+        SstValue::Value(value) => {
+            Entry::Value { value, stamp: found.stamp, expires_at_ms: found.expires_at_ms }
+        }
+        SstValue::Tombstone => Entry::Tombstone { stamp: found.stamp },
+    };
+    (found.key, entry)
+}
+
+/// One page of a scan (see [`Engine::scan_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The reconciled newest version of every key of the page that `keep` accepted, in key
+    /// order, as stored: values with their expiry, expired values and tombstones included.
+    pub entries: Vec<(Vec<u8>, Entry)>,
+    /// Resume after this key; `None` when the scan has passed the last key.
+    pub next: Option<Vec<u8>>,
+    /// Distinct keys of the page examined (before `keep`), for progress reporting.
+    pub examined: u64,
+}
+
+/// What one source (memtable, immutable memtable or table) gives to a page.
+struct ScanRun {
+    /// Its entries after the page's `after`, in key order, one per key.
+    entries: Vec<(Vec<u8>, Entry)>,
+    /// It stopped at the limit with entries left: the page may only cover keys up to the
+    /// last one taken here.
+    cut: bool,
+}
+
+impl ScanRun {
+    /// The greatest key this source vouches for: every version it holds up to this key is in
+    /// `entries`. `None` when it holds nothing more at all (not cut).
+    fn covered_through(&self) -> Option<&[u8]> {
+        if self.cut {
+            self.entries.last().map(|(k, _)| k.as_slice())
+        } else {
+            None
+        }
+    }
+}
+
+/// How much one source gives to one page (both at least 1).
+#[derive(Clone, Copy)]
+struct ScanLimit {
+    keys_max: usize,
+    bytes_max: usize,
+}
+
+impl ScanLimit {
+    /// Whether a source that gave `keys` entries of `bytes` key + value bytes is done.
+    fn reached(&self, keys: usize, bytes: usize) -> bool {
+        keys >= self.keys_max || bytes >= self.bytes_max
+    }
+
+    /// Copies a memtable's entries after `after` up to the limit (synchronous).
+    fn take_memtable(&self, memtable: &Memtable, after: Option<&[u8]>) -> ScanRun {
+        let mut run = ScanRun { entries: Vec::new(), cut: false };
+        let mut bytes = 0usize;
+        for (key, entry) in memtable.iter_after(after) {
+            if self.reached(run.entries.len(), bytes) {
+                run.cut = true;
+                break;
+            }
+            bytes = bytes.saturating_add(scan_bytes(key, entry));
+            run.entries.push((key.to_vec(), entry.clone()));
+        }
+        run
+    }
+
+    /// Reads a table's entries after `after` up to the limit, then one more to learn whether
+    /// it is cut (read ahead in about `bytes_max` at a time, not through the block cache).
+    async fn take_table(
+        &self,
+        table: &SstableReader,
+        after: Option<&[u8]>,
+    ) -> Result<ScanRun, ShardError> {
+        let mut run = ScanRun { entries: Vec::new(), cut: false };
+        let mut bytes = 0usize;
+        // Read ahead about what the page may take, not a whole `SCAN_READ_BYTES`: every page
+        // seeks every table anew, so a larger read-ahead would mostly be thrown away.
+        let read_ahead_bytes = u64::try_from(self.bytes_max).unwrap_or(u64::MAX);
+        let mut iter = table.iter_after(after).with_read_ahead_bytes(read_ahead_bytes);
+        while let Some(found) = iter.next().await? {
+            if self.reached(run.entries.len(), bytes) {
+                run.cut = true;
+                break;
+            }
+            let (key, entry) = entry_of(found);
+            bytes = bytes.saturating_add(scan_bytes(&key, &entry));
+            run.entries.push((key, entry));
+        }
+        Ok(run)
+    }
+}
+
+/// Key + value bytes of an entry, as a scan's `max_bytes` counts them.
+fn scan_bytes(key: &[u8], entry: &Entry) -> usize {
+    match entry {
+        Entry::Value { value, .. } => key.len().saturating_add(value.len()),
+        Entry::Tombstone { .. } => key.len(),
+    }
+}
+
+/// Builds a page from what each source gave: `bound` is the smallest key a cut source
+/// vouches for; versions of keys up to `bound` are reconciled by last-write-wins, then
+/// filtered by `keep`. Pure (no I/O), so the page rule is one function.
+fn reconcile_page(runs: Vec<ScanRun>, keep: &dyn Fn(&[u8]) -> bool) -> ScanPage {
+    let bound: Option<Vec<u8>> =
+        runs.iter().filter_map(ScanRun::covered_through).min().map(<[u8]>::to_vec);
+    let mut newest: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+    for run in runs {
+        debug_assert!(run.entries.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)));
+        for (key, entry) in run.entries {
+            if bound.as_ref().is_some_and(|b| key > *b) {
+                // Entries are in key order: the rest of this run is past the bound too.
+                break;
+            }
+            match newest.entry(key) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    if entry.supersedes(slot.get()) {
+                        slot.insert(entry);
+                    }
+                }
+            }
+        }
+    }
+    let examined = newest.len() as u64;
+    let entries: Vec<(Vec<u8>, Entry)> = newest.into_iter().filter(|(k, _)| keep(k)).collect();
+    ScanPage { entries, next: bound, examined }
 }
 
 /// Replaces `best` with `candidate` if it wins by last-write-wins.

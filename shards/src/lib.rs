@@ -2,8 +2,9 @@
 //!
 //! # What is here
 //! - [`Engine`]: the shard's API for the node: `open` (manifest, tables, WAL replay), `put`,
-//!   `put_with_expiry` (per-key TTL as an absolute expiry), `delete`, `get`, `stats`, `close`;
-//!   memtable freeze and background flush to SSTables.
+//!   `put_with_expiry` (per-key TTL as an absolute expiry), `delete`, `get`, `scan_page`
+//!   (paged scan of the whole key space, [`ScanPage`]), `stats`, `close`; memtable freeze and
+//!   background flush to SSTables.
 //! - [`Clock`]: the wall clock reads judge expiry by (manual in tests).
 //! - [`memtable`]: the sorted in-memory table, last-write-wins by [`Stamp`].
 //! - [`wal`]: segment naming, the WAL record payload and recovery. Framing, checksums and group
@@ -62,7 +63,7 @@ mod types;
 pub mod wal;
 
 pub use clock::Clock;
-pub use engine::Engine;
+pub use engine::{Engine, ScanPage};
 pub use error::ShardError;
 pub use options::{ShardOptions, SyncMode};
 pub use stats::{EngineStats, LevelStats};

@@ -1,7 +1,8 @@
 //! The memtable: the sorted in-memory map of the newest version of each key.
 //!
 //! Today a `BTreeMap`; the engine flushes it to SSTables through [`Memtable::iter`] (keys in
-//! order) and may change the structure behind the same interface.
+//! order), scans it from a key on through [`Memtable::iter_after`], and may change the
+//! structure behind the same interface.
 //!
 //! ## Invariants
 //! - Last write wins by [`Entry`] precedence: the greater [`Stamp`]; on equal stamps a
@@ -29,6 +30,7 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::btree_map::{self, BTreeMap};
 use std::fmt;
+use std::ops::Bound;
 
 /// Bytes charged per entry on top of key and value: map node share, `Vec` headers, stamp.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
@@ -398,6 +400,16 @@ impl Memtable {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
         self.map.iter().map(|(k, v)| (k.as_bytes(), v))
     }
+
+    /// The entries whose key is strictly greater than `after` (all of them for `None`), in key
+    /// order (for scans). The range is taken on the borrowed [`KeyRef`] form, whose order is
+    /// the map's, so no owned key is built and the bound is exact byte order.
+    pub fn iter_after(&self, after: Option<&[u8]>) -> impl Iterator<Item = (&[u8], &Entry)> {
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(KeyRef::new(a)));
+        // The end is unbounded, so `range` cannot meet an inverted or empty-excluded range
+        // (the cases where it panics).
+        self.map.range::<KeyRef, _>((start, Bound::Unbounded)).map(|(k, v)| (k.as_bytes(), v))
+    }
 }
 
 #[cfg(test)]
@@ -524,6 +536,46 @@ mod tests {
         assert_eq!(m.len(), 2);
         let keys: Vec<&[u8]> = m.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![&b"b"[..], &b"key"[..]]);
+    }
+
+    #[test]
+    fn iter_after_starts_strictly_after_the_key() {
+        let mut m = Memtable::new();
+        // Short (inline) and long (heap) keys, and keys that are prefixes of each other.
+        let keys: Vec<Vec<u8>> = vec![
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"ab".to_vec(),
+            vec![b'a'; 30],
+            vec![b'a'; 31],
+            b"b".to_vec(),
+            vec![0xFF; 25],
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            m.put(k, b"v", s(i as u64, 0));
+        }
+        let mut sorted = keys.clone();
+        sorted.sort();
+        let all: Vec<&[u8]> = m.iter_after(None).map(|(k, _)| k).collect();
+        assert_eq!(all, sorted.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let probes: Vec<Vec<u8>> = vec![
+            vec![],
+            b"a".to_vec(),
+            b"a\0\0".to_vec(),
+            vec![b'a'; 29],
+            vec![b'a'; 30],
+            b"az".to_vec(),
+            vec![0xFF; 26],
+        ];
+        for probe in probes.iter().chain(&keys) {
+            let got: Vec<&[u8]> = m.iter_after(Some(probe)).map(|(k, _)| k).collect();
+            let want: Vec<&[u8]> = sorted
+                .iter()
+                .filter(|k| k.as_slice() > probe.as_slice())
+                .map(Vec::as_slice)
+                .collect();
+            assert_eq!(got, want, "after {probe:?}");
+        }
     }
 
     use rand::rngs::StdRng;

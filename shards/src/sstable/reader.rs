@@ -282,8 +282,9 @@ impl SstableReader {
     }
 
     /// Block `i` for a scan: from `ahead` when it holds the block's bytes, otherwise after
-    /// reading this block and as many following ones as fit in [`SCAN_READ_BYTES`] into
-    /// `ahead` (one large read instead of one per block). Checked like any block; not cached.
+    /// reading this block and as many following ones as fit in `ahead.limit_bytes` (default
+    /// [`SCAN_READ_BYTES`]) into `ahead` (one large read instead of one per block). Checked
+    /// like any block; not cached.
     async fn read_block_scan(
         &self,
         i: usize,
@@ -296,7 +297,7 @@ impl SstableReader {
             let mut last_end = end;
             for next in self.blocks.iter().skip(i + 1) {
                 let next_end = next.offset + u64::from(next.stored_bytes);
-                if next_end - h.offset > SCAN_READ_BYTES {
+                if next_end - h.offset > ahead.limit_bytes {
                     break;
                 }
                 last_end = next_end;
@@ -358,11 +359,25 @@ impl SstableReader {
     /// An iterator over all entries in key order, reading [`SCAN_READ_BYTES`] of blocks at a
     /// time.
     pub fn iter(&self) -> SstableIter<'_> {
+        self.iter_after(None)
+    }
+
+    /// An iterator over the entries whose key is strictly greater than `after` (all entries
+    /// for `None`), in key order: it starts at the first block whose last key is greater than
+    /// `after` (an index binary search, no I/O) and skips that block's entries up to `after`.
+    /// When `after` is at or past the greatest key, it reads nothing. Like [`Self::iter`], it
+    /// reads ahead and does not fill the block cache.
+    pub fn iter_after(&self, after: Option<&[u8]>) -> SstableIter<'_> {
+        let next_block =
+            after.map_or(0, |a| self.blocks.partition_point(|b| b.last_key.as_slice() <= a));
         SstableIter {
             reader: self,
-            next_block: 0,
+            next_block,
             entries: Default::default(),
             prev: None,
+            // Only the first block read can hold keys at or below `after` (every earlier
+            // block ends at or below it); later blocks are checked anyway, for free.
+            after: after.map(<[u8]>::to_vec),
             ahead: ReadAhead::default(),
         }
     }
@@ -398,15 +413,18 @@ async fn read_exact(
     Ok(got.to_vec())
 }
 
-/// All entries of a table in key order (for compaction). Holds one decoded block at a time.
+/// The entries of a table in key order, all of them (compaction) or those after a key (scans,
+/// [`SstableReader::iter_after`]). Holds one decoded block at a time.
 /// Call [`SstableIter::next`] until it returns `Ok(None)`; an error ends the iteration.
 pub struct SstableIter<'a> {
     reader: &'a SstableReader,
     next_block: usize,
     /// The rest of the current block's entries.
     entries: std::collections::VecDeque<SstEntry>,
-    /// The last key returned, to check the order across blocks.
+    /// The last key decoded, to check the order across blocks.
     prev: Option<Vec<u8>>,
+    /// Entries with keys at or below this are skipped (see [`SstableReader::iter_after`]).
+    after: Option<Vec<u8>>,
     ahead: ReadAhead,
 }
 
@@ -414,13 +432,28 @@ pub struct SstableIter<'a> {
 pub const SCAN_READ_BYTES: u64 = 256 * 1024;
 
 /// File bytes read ahead by a scan: `bytes` starts at file offset `start`.
-#[derive(Default)]
 struct ReadAhead {
     start: u64,
     bytes: Vec<u8>,
+    /// Bytes to read at once (whole blocks; at least one block whatever this says).
+    limit_bytes: u64,
+}
+
+impl Default for ReadAhead {
+    fn default() -> Self {
+        ReadAhead { start: 0, bytes: Vec::new(), limit_bytes: SCAN_READ_BYTES }
+    }
 }
 
 impl SstableIter<'_> {
+    /// Reads ahead at most `bytes` of the file at once (capped at [`SCAN_READ_BYTES`], and
+    /// still at least one whole block): for a reader that wants only a few entries, such as
+    /// one page of a scan, so it does not read a quarter MiB per table to return a handful.
+    pub fn with_read_ahead_bytes(mut self, bytes: u64) -> Self {
+        self.ahead.limit_bytes = bytes.min(SCAN_READ_BYTES);
+        self
+    }
+
     /// The next entry, or `None` after the last.
     pub async fn next(&mut self) -> Result<Option<SstEntry>, ShardError> {
         while self.entries.is_empty() {
@@ -438,6 +471,9 @@ impl SstableIter<'_> {
                         .corrupt_block(i, format!("entry {j} out of key order")));
                 }
                 self.prev = Some(e.key.to_vec());
+                if self.after.as_deref().is_some_and(|a| e.key <= a) {
+                    continue;
+                }
                 self.entries.push_back(SstEntry::from(e));
             }
             self.next_block += 1;
