@@ -72,6 +72,28 @@ pub enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Decommission the node at --addr: it streams its ranges to the nodes that take them
+    /// over, then leaves the ring. Prints progress until it is done (exit 0; the process can
+    /// then be stopped) or failed (exit 1; running it again retries).
+    Decommission {
+        /// Give up following the progress after this long, s (the decommission goes on).
+        #[arg(long, default_value_t = 86_400)]
+        wait_s: u64,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove a dead node (its 16-hex-digit id, from `kvs status`) from the ring: the node at
+    /// --addr marks it left and re-replicates its ranges from the surviving replicas. Prints
+    /// progress until done (exit 0) or failed (exit 1). Refused while the node is alive.
+    Removenode {
+        /// The dead node's id.
+        id: String,
+        /// Give up following the progress after this long, s (the removal goes on).
+        #[arg(long, default_value_t = 86_400)]
+        wait_s: u64,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Print token ownership as the node at --addr sees it: per node on the ring, its
     /// vnode tokens and share.
     Ring {
@@ -318,6 +340,12 @@ pub struct ServerArgs {
     /// How long a coordinator waits for a remote replica, ms [default: 2000].
     #[arg(long)]
     pub replica_timeout_ms: Option<u64>,
+    /// Wait after announcing a join or leave before streaming, ms [default: 5000].
+    #[arg(long)]
+    pub ring_delay_ms: Option<u64>,
+    /// Page size when streaming ranges between nodes, KiB [default: 1024].
+    #[arg(long)]
+    pub stream_page_kb: Option<u32>,
     /// Keep hints for a node down at most this long, s [default: 10800].
     #[arg(long)]
     pub hint_window_s: Option<u64>,
@@ -440,6 +468,12 @@ impl ServerArgs {
         if let Some(v) = self.replication_factor {
             c.replication_factor = v;
         }
+        if let Some(v) = self.ring_delay_ms {
+            c.ring_delay_ms = v;
+        }
+        if let Some(v) = self.stream_page_kb {
+            c.stream_page_kb = v;
+        }
         if let Some(v) = self.replica_timeout_ms {
             c.replica_timeout_ms = v;
         }
@@ -527,12 +561,24 @@ pub fn run() -> i32 {
                     if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
                         return 2;
                     }
-                    let all_up =
-                        report.rows.iter().all(|r| r.state == "up" && r.liveness == "alive");
+                    let all_up = report
+                        .rows
+                        .iter()
+                        .all(|r| r.state == "left" || (r.state == "up" && r.liveness == "alive"));
                     i32::from(!all_up)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    2
+                }
+            }
+        }
+        Command::Decommission { wait_s, conn } => movement_command(&conn, None, wait_s),
+        Command::Removenode { id, wait_s, conn } => {
+            match u64::from_str_radix(&id, 16).ok().filter(|_| id.len() == 16) {
+                Some(id) => movement_command(&conn, Some(id), wait_s),
+                None => {
+                    eprintln!("error: {id:?} is not a node id (16 hex digits, see kvs status)");
                     2
                 }
             }
@@ -633,6 +679,25 @@ pub fn run() -> i32 {
 }
 
 /// Runs one client command on a single glommio executor and maps its outcome to an exit code.
+/// Runs a decommission or removenode and follows it (see `status_report::run_movement`).
+fn movement_command(conn: &ConnArgs, remove: Option<u64>, wait_s: u64) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match crate::status_report::run_movement(
+        &conn.addr,
+        remove,
+        Duration::from_millis(conn.timeout_ms),
+        Duration::from_secs(1),
+        Duration::from_secs(wait_s),
+        &mut out,
+    ) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
 fn client_command<F, Fut>(conn: &ConnArgs, f: F) -> i32
 where
     F: FnOnce(Client) -> Fut + Send + 'static,

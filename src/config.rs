@@ -132,6 +132,12 @@ pub struct NodeConfig {
     pub phi_threshold: f64,
     /// Replication factor N reported in the topology. Default 3.
     pub replication_factor: u8,
+    /// How long a node waits after announcing a join or a leave before it streams (so every
+    /// node has heard and sends it, or the ranges' new owners, the writes), and after it has
+    /// left before it reports done, ms. Default 5000.
+    pub ring_delay_ms: u64,
+    /// Bytes per page when streaming ranges between nodes, KiB. Default 1024.
+    pub stream_page_kb: u32,
     /// How long a coordinator waits for a remote replica's answer, ms. Default 2000.
     pub replica_timeout_ms: u64,
     /// Hints are kept for a node only while it has been down at most this long, seconds.
@@ -181,6 +187,8 @@ impl Default for NodeConfig {
             phi_threshold: 8.0,
             replication_factor: 3,
             replica_timeout_ms: 2000,
+            ring_delay_ms: 5000,
+            stream_page_kb: 1024,
             hint_window_s: 3 * 3600,
             hints_mb: 1024,
             hint_replay_kb: 4096,
@@ -441,6 +449,12 @@ impl NodeConfig {
         }
         if self.hint_replay_kb == 0 || self.hint_replay_kb > 1 << 30 {
             return Err(invalid("hint_replay_kb", "must be in 1..=2^30"));
+        }
+        if self.ring_delay_ms > 600_000 {
+            return Err(invalid("ring_delay_ms", "must be at most 600000"));
+        }
+        if !(1..=4096).contains(&self.stream_page_kb) {
+            return Err(invalid("stream_page_kb", "must be in 1..=4096"));
         }
         if !(10..=600_000).contains(&self.replica_timeout_ms) {
             return Err(invalid("replica_timeout_ms", "must be in 10..=600000"));

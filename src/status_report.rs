@@ -2,9 +2,9 @@
 //! node-level port, with each member's share of the ring, as a table or JSON.
 //!
 //! Ownership is computed here, not by the node: the ring is the members whose status is
-//! Joining or Up (the same rule as the topology the node serves), each with the tokens
+//! Joining, Up or Leaving (the nodes the topology the node serves lists), each with the tokens
 //! `placement::vnode_tokens(id, vnodes)`, and [`Ring::ownership`] gives each one's share of
-//! the token space as primary. Members outside the ring (Leaving, Left, never heard) own 0.
+//! the token space as primary. Members outside the ring (Left, never heard) own 0.
 //!
 //! Load: the CLI asks each alive node's node port for its Stats (one request per node) and
 //! shows the bytes of data it holds: SSTables plus memtables, summed over the shards that
@@ -20,6 +20,8 @@
 //!   "topology_version": 6815744012,
 //!   "replication_factor": 3,
 //!   "ownership_total": 1.0,
+//!   "movement_state": "done",        the answering node's join/decommission/removenode
+//!   "movement": "join: done; …",     and its progress line ("" when idle)
 //!   "nodes": [ { "id": "…", "addr": "127.0.0.1:7000", "state": "up", "liveness": "alive",
 //!                "phi": 0.4, "shards": 1, "vnodes": 150, "ownership": 0.33,
 //!                "generation": 1764111111, "heartbeat": 42, "load_bytes": 1234 }, … ]
@@ -39,8 +41,8 @@ use kvs_wire::msg::{
     self, AlignedVec, ArchivedErrorResponse, ArchivedStatsResponse, StatsResponse,
 };
 use kvs_wire::peer::{
-    ArchivedClusterStatusResponse, ClusterStatusResponse, PeerStatus, GOSSIP_NODES_MAX,
-    LIVENESS_NAMES, PEER_BODY_BYTES_MAX,
+    ArchivedClusterStatusResponse, ClusterStatusResponse, MovementState, PeerStatus,
+    GOSSIP_NODES_MAX, LIVENESS_NAMES, PEER_BODY_BYTES_MAX,
 };
 use kvs_wire::placement::{vnode_tokens, NodeId, Ring, SHARDS_MAX, VNODES_MAX};
 use kvs_wire::{FrameHeader, Opcode};
@@ -49,6 +51,17 @@ use serde_json::{json, Value};
 /// Sends one empty-bodied request of `opcode` to `addr` and returns the response body
 /// (blocking, bounded by `timeout` per step; for the CLI thread only).
 fn request(addr: &str, opcode: Opcode, timeout: Duration) -> Result<AlignedVec, String> {
+    request_with(addr, opcode, &[], timeout)
+}
+
+/// Sends one request of `opcode` with the archived `body` to `addr` and returns the response
+/// body (as [`request`]).
+fn request_with(
+    addr: &str,
+    opcode: Opcode,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<AlignedVec, String> {
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
@@ -60,6 +73,14 @@ fn request(addr: &str, opcode: Opcode, timeout: Duration) -> Result<AlignedVec, 
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     msg::write_empty_frame(&mut out, opcode, false, 1);
+    if !body.is_empty() {
+        out.extend_from_slice(body);
+        let len = u32::try_from(body.len()).map_err(|_| "request body too large".to_string())?;
+        // The body length field of the header (see kvs_wire::frame).
+        if let Some(field) = out.get_mut(16..20) {
+            field.copy_from_slice(&len.to_le_bytes());
+        }
+    }
     stream.write_all(&out).map_err(|e| format!("sending to {addr}: {e}"))?;
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream.read_exact(&mut header).map_err(|e| format!("reading from {addr}: {e}"))?;
@@ -77,6 +98,56 @@ fn request(addr: &str, opcode: Opcode, timeout: Duration) -> Result<AlignedVec, 
         return Err(format!("{addr} answered {:?} to {opcode:?}", h.opcode));
     }
     Ok(body)
+}
+
+/// Starts a decommission of the node at `addr` (`remove` None) or the removal of the dead
+/// node `remove` by the node at `addr`, then prints its progress (one line each time it
+/// changes, every `poll`) until it is done (Ok) or failed (Err with the outcome), or
+/// `wait` has passed (Err).
+pub fn run_movement(
+    addr: &str,
+    remove: Option<u64>,
+    timeout: Duration,
+    poll: Duration,
+    wait: Duration,
+    out: &mut dyn Write,
+) -> Result<String, String> {
+    match remove {
+        None => request(addr, Opcode::Decommission, timeout)?,
+        Some(id) => {
+            let body = msg::encode_body(&kvs_wire::peer::RemoveNodeRequest { id })
+                .map_err(|e| e.to_string())?;
+            request_with(addr, Opcode::RemoveNode, &body, timeout)?
+        }
+    };
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = String::new();
+    loop {
+        #[allow(clippy::disallowed_methods)] // The CLI's own thread: no executor to block.
+        std::thread::sleep(poll);
+        // A node that is leaving may be slow to answer; a failed poll is retried.
+        let status = match fetch(addr, timeout) {
+            Ok(s) => s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = writeln!(out, "(status: {e})");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if status.movement != last {
+            let _ = writeln!(out, "{}", status.movement);
+            let _ = out.flush();
+            last = status.movement.clone();
+        }
+        match status.movement_state {
+            MovementState::Done => return Ok(status.movement),
+            MovementState::Failed => return Err(status.movement),
+            MovementState::Idle | MovementState::Running => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("still running after {wait:?}: {last}"));
+        }
+    }
 }
 
 /// Asks the node at `addr` for its view of the cluster.
@@ -148,6 +219,10 @@ pub struct StatusReport {
     pub topology_version: u64,
     pub replication_factor: u8,
     pub rows: Vec<Row>,
+    /// The answering node's range movement: `idle`, `running`, `done` or `failed`.
+    pub movement_state: &'static str,
+    /// Its progress line (empty when idle).
+    pub movement: String,
 }
 
 fn state_name(s: PeerStatus) -> &'static str {
@@ -162,7 +237,8 @@ fn state_name(s: PeerStatus) -> &'static str {
 impl StatusReport {
     pub fn new(s: &ClusterStatusResponse) -> StatusReport {
         let in_ring = |m: &kvs_wire::peer::MemberStatus| {
-            matches!(m.status, PeerStatus::Joining | PeerStatus::Up) && m.heartbeat.generation > 0
+            matches!(m.status, PeerStatus::Joining | PeerStatus::Up | PeerStatus::Leaving)
+                && m.heartbeat.generation > 0
         };
         let ring = Ring::new(
             s.members
@@ -198,6 +274,13 @@ impl StatusReport {
             topology_version: s.topology_version,
             replication_factor: s.replication_factor,
             rows,
+            movement_state: match s.movement_state {
+                MovementState::Idle => "idle",
+                MovementState::Running => "running",
+                MovementState::Done => "done",
+                MovementState::Failed => "failed",
+            },
+            movement: s.movement.clone(),
         }
     }
 
@@ -238,6 +321,8 @@ impl StatusReport {
             "topology_version": self.topology_version,
             "replication_factor": self.replication_factor,
             "ownership_total": self.rows.iter().map(|r| r.ownership).sum::<f64>(),
+            "movement_state": self.movement_state,
+            "movement": self.movement,
             "nodes": nodes,
         })
     }
@@ -270,6 +355,9 @@ impl StatusReport {
                 r.ownership * 100.0,
                 r.load_bytes.map_or_else(|| "n/a".to_string(), human_bytes)
             );
+        }
+        if !self.movement.is_empty() {
+            let _ = writeln!(t, "movement on this node: {}", self.movement);
         }
         t
     }
@@ -359,6 +447,8 @@ mod tests {
                 member(3, PeerStatus::Joining),
                 member(4, PeerStatus::Left),
             ],
+            movement_state: MovementState::Idle,
+            movement: String::new(),
         };
         let r = StatusReport::new(&s);
         let total: f64 = r.rows.iter().map(|x| x.ownership).sum();

@@ -21,7 +21,7 @@ use kvs_wire::{ErrorCode, FrameHeader, Opcode};
 use serde_json::Value;
 use support::{kvs, members, wait_for, Raw, Server};
 
-const GOSSIP: &[&str] = &["--shards", "1", "--gossip-interval-ms", "100"];
+const GOSSIP: &[&str] = &["--shards", "1", "--gossip-interval-ms", "100", "--ring-delay-ms", "300"];
 
 /// `kvs status --json` of the node at `addr`, or None when it could not be asked.
 fn status(addr: &str) -> Option<Value> {

@@ -42,11 +42,13 @@ use serde_json::Value;
 use support::{kvs, on_executor, wait_for, Raw, Server};
 
 /// Flags every node starts with (one shard, fast gossip, the replica timeout, one cluster).
-const NODE_ARGS: [&str; 10] = [
+const NODE_ARGS: [&str; 12] = [
     "--shards",
     "1",
     "--gossip-interval-ms",
     "100",
+    "--ring-delay-ms",
+    "300",
     "--replica-timeout-ms",
     REPLICA_TIMEOUT_MS,
     "--cluster-name",
@@ -83,12 +85,12 @@ fn status(addr: &str) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// Whether every node in `nodes` sees every node in `ids` alive.
+/// Whether every node in `nodes` sees every node in `ids` up (joined) and alive.
 fn all_alive(nodes: &[&Server], ids: &[&str]) -> bool {
     nodes.iter().all(|n| {
         status(&n.addr).is_some_and(|s| {
             let m = support::members(&s);
-            ids.iter().all(|id| m.get(*id).is_some_and(|(_, l)| l == "alive"))
+            ids.iter().all(|id| m.get(*id).is_some_and(|(st, l)| st == "up" && l == "alive"))
         })
     })
 }

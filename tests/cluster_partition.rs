@@ -124,6 +124,8 @@ fn a_cut_node_is_detected_on_both_sides_the_majority_serves_and_it_converges_aft
         "1",
         "--gossip-interval-ms",
         GOSSIP_INTERVAL_MS,
+        "--ring-delay-ms",
+        "300",
         "--cluster-name",
         "partition-c",
         "--cluster-secret-file",

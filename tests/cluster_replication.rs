@@ -20,7 +20,7 @@ use kvs_wire::msg::{
 };
 use kvs_wire::{FrameHeader, Opcode};
 use serde_json::Value;
-use support::{kvs, wait_for, Raw, Server};
+use support::{kvs, members, wait_for, Raw, Server};
 
 /// `kvs status --json` of the node at `addr`, or None when it could not be asked.
 fn status(addr: &str) -> Option<Value> {
@@ -38,9 +38,13 @@ fn liveness(addr: &str, id: &str) -> Option<String> {
         .and_then(|n| n["liveness"].as_str().map(String::from))
 }
 
-/// Whether every node in `nodes` sees every node in `ids` alive.
+/// Whether every node in `nodes` sees every node in `ids` up (joined) and alive.
 fn all_alive(nodes: &[&Server], ids: &[&str]) -> bool {
-    nodes.iter().all(|n| ids.iter().all(|id| liveness(&n.addr, id).as_deref() == Some("alive")))
+    nodes.iter().all(|n| {
+        let Some(s) = status(&n.addr) else { return false };
+        let m = members(&s);
+        ids.iter().all(|id| m.get(*id).is_some_and(|(st, l)| st == "up" && l == "alive"))
+    })
 }
 
 /// Waits until every node's shard counts all three replicas alive: the shards learn the
@@ -103,11 +107,13 @@ fn local_value(node: &Server, key: &str) -> Option<Vec<u8>> {
 }
 
 /// Flags every node of these tests starts with (one shard, fast gossip, one cluster).
-const NODE_ARGS: [&str; 8] = [
+const NODE_ARGS: [&str; 10] = [
     "--shards",
     "1",
     "--gossip-interval-ms",
     "100",
+    "--ring-delay-ms",
+    "300",
     "--cluster-name",
     "repl",
     "--cluster-secret",

@@ -31,7 +31,10 @@
 //!   with our states is one merge walk, with no hashing (the walks compare the raw `u64` ids,
 //!   which keeps the 1,000-node simulation fast in debug builds). At most `nodes_max` nodes are kept, and
 //!   a message longer than that or out of order is dropped whole.
-//! - [`Status`] (Joining, Up, Leaving, Left) is gossiped: only the node itself sets it.
+//! - [`Status`] (Joining, Up, Leaving, Left) is gossiped: only the node itself sets it, with
+//!   one exception: `kvs removenode` marks a dead node Left on its behalf
+//!   ([`Membership::remove_node`]), with the dead node's heartbeat version plus one, so the
+//!   mark wins the merge everywhere and a Left state never feeds a failure detector.
 //!   [`Liveness`] (Alive, Suspect, Down) is each observer's own verdict from phi and is never
 //!   gossiped.
 //!
@@ -55,7 +58,7 @@
 //!
 //! # Not yet
 //! Left nodes are never forgotten (their term keeps the topology version monotone; a purge
-//! after a grace period, as Cassandra's, is for the decommission increment). Suspect/Down is
+//! after a grace period, as Cassandra's, is not done). Suspect/Down is
 //! each node's own verdict and does not change the topology: a down node keeps its tokens
 //! (hinted handoff, later, covers its writes).
 
@@ -322,6 +325,23 @@ impl Membership {
         me.heartbeat.version += 1;
     }
 
+    /// Marks `id`, a node that is down, Left on its behalf (`kvs removenode`): its state with
+    /// the next heartbeat version, so the mark wins the merge on every node. A node that
+    /// comes back restarts with a larger generation and rejoins.
+    pub fn remove_node(&mut self, id: NodeId) -> Result<(), String> {
+        if id == self.me {
+            return Err("a node cannot remove itself; use decommission".into());
+        }
+        let i = self.find(id).map_err(|_| format!("node {:016x} is not known", id.0))?;
+        let e = &mut self.entries[i];
+        if e.state.heartbeat == Heartbeat::default() {
+            return Err(format!("node {:016x} was never heard from", id.0));
+        }
+        e.state.status = Status::Left;
+        e.state.heartbeat.version += 1;
+        Ok(())
+    }
+
     /// Starts a gossip round at `now_ms`: bumps our heartbeat and returns the Syns to send.
     pub fn tick<R: Rng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<(NodeId, GossipMsg)> {
         self.me_mut().heartbeat.version += 1;
@@ -520,6 +540,8 @@ impl Membership {
                     let restarted = s.heartbeat.generation != e.state.heartbeat.generation;
                     e.state = s.clone();
                     match &mut e.arrivals {
+                        // A Left mark (removenode) is not a sign of life.
+                        _ if s.status == Status::Left && !restarted => {}
                         Some(a) if !restarted => a.heartbeat(now_ms, &self.options.phi),
                         slot => *slot = Some(ArrivalWindow::new(now_ms, &self.options.phi)),
                     }
@@ -636,6 +658,28 @@ mod tests {
         };
         assert!(a.receive(0, NodeId(5), unsorted).is_none());
         assert_eq!(a.rejected(), 1);
+    }
+
+    #[test]
+    fn a_removed_node_is_left_everywhere_until_it_restarts() {
+        let (mut a, mut b, mut c) = (node(1, 1), node(2, 1), node(3, 1));
+        for m in [&mut a, &mut b, &mut c] {
+            m.set_status(Status::Up);
+        }
+        exchange(&mut a, &mut c, 0);
+        exchange(&mut a, &mut b, 10);
+        assert!(a.remove_node(NodeId(1)).is_err(), "not itself");
+        assert!(a.remove_node(NodeId(9)).is_err(), "not an unknown node");
+        let before = a.topology_version();
+        a.remove_node(NodeId(3)).unwrap();
+        assert!(a.topology_version() > before);
+        exchange(&mut a, &mut b, 20);
+        assert_eq!(b.state(NodeId(3)).unwrap().status, Status::Left);
+        // The removed node restarts: a larger generation wins over the mark.
+        let mut c2 = node(3, 2);
+        c2.set_status(Status::Up);
+        exchange(&mut c2, &mut b, 30);
+        assert_eq!(b.state(NodeId(3)).unwrap().status, Status::Up);
     }
 
     #[test]

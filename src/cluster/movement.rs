@@ -173,6 +173,58 @@ pub fn write_set(old: &Ring, new: &Ring, token: Token, n: usize) -> Vec<NodeId> 
     set
 }
 
+/// A set of token ranges for fast membership tests: the ranges cut at the wrap point into
+/// `(lo, hi]` intervals (`lo` may be `None`: from the start of the token space), sorted and
+/// merged where they touch or overlap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    /// Sorted, disjoint `(lo exclusive or None, hi inclusive)`.
+    spans: Vec<(Option<u64>, u64)>,
+}
+
+impl RangeSet {
+    pub fn new(ranges: impl IntoIterator<Item = TokenRange>) -> RangeSet {
+        let mut spans: Vec<(Option<u64>, u64)> = Vec::new();
+        for r in ranges {
+            let (s, e) = (r.start.0, r.end.0);
+            if s < e {
+                spans.push((Some(s), e));
+            } else {
+                // Wraps (or is the whole ring when s == e): (s, MAX] and [0, e].
+                if s < u64::MAX {
+                    spans.push((Some(s), u64::MAX));
+                }
+                spans.push((None, e));
+                if s == e {
+                    spans.push((None, u64::MAX));
+                }
+            }
+        }
+        spans.sort_unstable();
+        let mut merged: Vec<(Option<u64>, u64)> = Vec::with_capacity(spans.len());
+        for (lo, hi) in spans {
+            match merged.last_mut() {
+                // Touching or overlapping: (a, b] and (c, d] with c <= b (None is below all).
+                Some(last) if lo.is_none_or(|c| c <= last.1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        RangeSet { spans: merged }
+    }
+
+    /// Whether `token` lies in one of the ranges.
+    pub fn contains(&self, token: Token) -> bool {
+        let t = token.0;
+        // The first span whose end is at or after t; t is inside iff it is past its start.
+        let i = self.spans.partition_point(|(_, hi)| *hi < t);
+        self.spans.get(i).is_some_and(|(lo, _)| lo.is_none_or(|lo| t > lo))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
 fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
     a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
@@ -272,6 +324,29 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// A RangeSet holds a token iff one of its ranges does.
+        #[test]
+        fn a_range_set_agrees_with_its_ranges(
+            ranges in prop::collection::vec((any::<u64>(), any::<u64>()), 0..8),
+            edges in prop::collection::vec(0usize..16, 0..8),
+            probes in prop::collection::vec(any::<u64>(), 64),
+        ) {
+            let ranges: Vec<TokenRange> =
+                ranges.into_iter().map(|(s, e)| TokenRange { start: Token(s), end: Token(e) }).collect();
+            let set = RangeSet::new(ranges.iter().copied());
+            // Probe at and around every boundary as well as at random.
+            let mut all = probes;
+            for i in edges {
+                if let Some(r) = ranges.get(i % ranges.len().max(1)) {
+                    all.extend([r.start.0, r.start.0.wrapping_add(1), r.end.0, r.end.0.wrapping_add(1)]);
+                }
+            }
+            all.extend([0, u64::MAX]);
+            for t in all.into_iter().map(Token) {
+                prop_assert_eq!(set.contains(t), ranges.iter().any(|r| r.contains(t)), "token {}", t.0);
+            }
+        }
 
         /// Applying the plan to the old replica sets gives exactly the new ones.
         #[test]

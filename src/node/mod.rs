@@ -41,6 +41,7 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
 use crate::transport::hint_log::{HintLog, HintLogOptions};
 use crate::transport::replica::{ReplicaLinks, ReplicaLinksHandle};
+use crate::transport::stream::{write_marker, Mover, MoverSettings, BOOTSTRAP_MARKER};
 use crate::transport::{topology_of, ClusterSettings, GossipCore};
 
 /// How long a failed start waits for the other executors before giving up on them.
@@ -94,6 +95,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         .map_err(io_err("resolving data directory", &config.data_dir))?;
     let data_dir = config.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
+    let first_start = !data_dir.join("node-id").exists();
     let node_id = load_or_create_node_id(&data_dir)?;
     let generation = next_generation(&data_dir)?;
     let seeds = config.seed_addrs()?;
@@ -136,8 +138,17 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
     let meta = NodeMeta { shard_ports: Arc::from(shard_ports.clone()), token_count: config.vnodes };
     let mut membership =
         Membership::new(NodeId(node_id), node_addr, generation, meta, gossip_options);
-    // Nothing is streamed at join yet, so the node serves its ranges at once.
-    membership.set_status(Status::Up);
+    // A node's first start with seeds is a join: it stays Joining until it has copied the
+    // ranges it takes over (transport::stream); the marker makes a crash mid-join join again.
+    // Every other start serves its ranges at once.
+    let marker = data_dir.join(BOOTSTRAP_MARKER);
+    if first_start && !seeds.is_empty() {
+        write_marker(&marker).map_err(io_err("creating", &marker))?;
+    }
+    let joining = !seeds.is_empty() && marker.exists();
+    if !joining {
+        membership.set_status(Status::Up);
+    }
     let topology = Arc::new(topology_of(&membership, config.replication_factor));
     let mut cluster = Some((
         ClusterSettings {
@@ -149,6 +160,13 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
             replication_factor: config.replication_factor,
         },
         membership,
+        MoverSettings {
+            ring_delay: Duration::from_millis(config.ring_delay_ms),
+            gossip_interval: Duration::from_millis(config.gossip_interval_ms),
+            page_bytes: config.stream_page_kb.saturating_mul(1024),
+            marker,
+        },
+        joining,
     ));
     let settings = ShardSettings {
         node_id,
@@ -331,7 +349,7 @@ struct ExecutorJob {
     index: usize,
     is_shard: bool,
     /// The cluster core's gossip settings and membership; `None` on shards.
-    cluster: Option<(ClusterSettings, Membership)>,
+    cluster: Option<(ClusterSettings, Membership, MoverSettings, bool)>,
     settings: ShardSettings,
     shard_options: kvs_shards::ShardOptions,
     topology: Arc<TopologyResponse>,
@@ -438,7 +456,9 @@ impl ExecutorJob {
             },
             None => None,
         };
-        if let Some((settings, membership)) = self.cluster {
+        // The mover lives as long as this executor runs (the gossip core holds it weakly).
+        let mut _mover = None;
+        if let Some((settings, membership, mover_settings, joining)) = self.cluster {
             let links = ReplicaLinks::new(
                 NodeId(ctx.settings.node_id),
                 settings.cluster_name.clone(),
@@ -447,11 +467,22 @@ impl ExecutorJob {
                 Rc::downgrade(&ctx),
                 hint_log.clone(),
             );
-            ctx.set_replica_service(Rc::new(ReplicaLinksHandle(links)));
+            ctx.set_replica_service(Rc::new(ReplicaLinksHandle(links.clone())));
             let version = ctx.topology().version;
             let core = GossipCore::new(settings, membership, Rc::downgrade(&ctx), version);
             ctx.set_peer_service(core.clone());
-            glommio::spawn_local(core.run()).detach();
+            glommio::spawn_local(core.clone().run()).detach();
+            let mover = Mover::new(
+                NodeId(ctx.settings.node_id),
+                mover_settings,
+                Rc::downgrade(&ctx),
+                core,
+                links,
+            );
+            if joining {
+                glommio::spawn_local(mover.clone().join()).detach();
+            }
+            _mover = Some(mover);
         }
         let accept = glommio::spawn_local(serve_listener(ctx.clone(), listener));
         guard.report_ready(Ok(note));
@@ -467,6 +498,7 @@ impl ExecutorJob {
         while self.drained.load(Ordering::SeqCst) < self.executors {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
+        ctx.stopped.raise();
         let c = &ctx.counters;
         tracing::info!(
             executor = index,

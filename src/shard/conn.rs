@@ -254,11 +254,15 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
 }
 
 /// The node-to-node requests whose body may exceed the client bound: gossip states (up to
-/// the gossip bound) and replica writes (a client's largest value plus the replica envelope).
-/// ClusterStatus, PeerHello and ReplicaRead bodies are small and keep the client bound, so an
-/// unauthenticated sender cannot make the node buffer a large frame with them.
+/// the gossip bound), replica writes (a client's largest value plus the replica envelope) and
+/// streamed batches. ClusterStatus, PeerHello, ReplicaRead, StreamScan and the operator's
+/// requests are small and keep the client bound, so an unauthenticated sender cannot make the
+/// node buffer a large frame with them.
 fn is_peer_opcode(op: Opcode) -> bool {
-    matches!(op, Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ReplicaWrite)
+    matches!(
+        op,
+        Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ReplicaWrite | Opcode::StreamApply
+    )
 }
 
 fn request_id_of(header: &[u8]) -> u64 {
@@ -306,22 +310,24 @@ fn dispatch(
             })
             .detach();
         }
-        Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ClusterStatus => {
-            match ctx.peer_service() {
-                Some(service) => {
-                    service.handle(header.opcode, id, &body, &mut out.buf.borrow_mut());
-                    out.wake_writer.notify();
-                }
-                None => {
-                    bump(&ctx.counters.invalid_frames);
-                    out.push_error(
-                        id,
-                        ErrorCode::InvalidRequest,
-                        format!("{:?} is served on the node-level port only", header.opcode),
-                    );
-                }
+        Opcode::GossipSyn
+        | Opcode::GossipAck2
+        | Opcode::ClusterStatus
+        | Opcode::Decommission
+        | Opcode::RemoveNode => match ctx.peer_service() {
+            Some(service) => {
+                service.handle(header.opcode, id, &body, &mut out.buf.borrow_mut());
+                out.wake_writer.notify();
             }
-        }
+            None => {
+                bump(&ctx.counters.invalid_frames);
+                out.push_error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!("{:?} is served on the node-level port only", header.opcode),
+                );
+            }
+        },
         Opcode::PeerHello => match ctx.replica_service() {
             Some(service) => {
                 let keep = service.hello(id, &body, &out.peer_auth, &mut out.buf.borrow_mut());
@@ -341,7 +347,7 @@ fn dispatch(
                 return false;
             }
         },
-        Opcode::ReplicaWrite | Opcode::ReplicaRead => {
+        Opcode::ReplicaWrite | Opcode::ReplicaRead | Opcode::StreamScan | Opcode::StreamApply => {
             if !matches!(out.peer_auth.get(), PeerAuth::Authenticated { .. }) {
                 bump(&ctx.counters.invalid_frames);
                 out.push_error(

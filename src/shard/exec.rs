@@ -26,7 +26,7 @@ use super::{bump, ExecutorCtx, ShardMsg};
 use crate::cluster::hlc::wall_ms;
 use crate::cluster::quorum::{
     Access, ConsistencyError, QuorumFailure, ReadKind, ReadOutcome, ReadReply, ReadResolver,
-    ReadStep, Replica, Versioned, WriteDecision, WriteTracker,
+    ReadStep, Replica, Required, Versioned, WriteDecision, WriteTracker,
 };
 
 /// The one mapping from engine errors to wire error codes.
@@ -88,6 +88,20 @@ fn with_reasons(mut r: Refusal, reasons: &[String]) -> Refusal {
 }
 
 /// A local engine lookup as a replica's read reply.
+/// W for a write with `extra` pending replicas (a node joining or leaving gains the range):
+/// W + extra, so that the acknowledgements include W of the replicas before the move and W
+/// of those after it (Cassandra's rule); capped at the `total` the write set holds (then every
+/// replica must acknowledge; when the ring before the move had fewer than W nodes), never
+/// below W.
+fn pending_needed(needed: Required, extra: usize, total: usize) -> Required {
+    if extra == 0 {
+        return needed;
+    }
+    let want = usize::from(needed.get()).saturating_add(extra).min(total);
+    let want = u8::try_from(want).unwrap_or(u8::MAX).max(needed.get());
+    Required::new(want).unwrap_or(needed)
+}
+
 fn read_reply(lookup: Lookup, kind: ReadKind) -> ReadReply {
     let version = match lookup {
         Lookup::Found { value, stamp } => {
@@ -172,13 +186,22 @@ impl ExecutorCtx {
         body: AlignedVec,
         conn: Rc<ConnOut>,
     ) {
-        let key = if replica::is_replica_opcode(opcode) {
-            replica::replica_key(opcode, &body)
+        let route = if replica::is_replica_opcode(opcode) {
+            replica::replica_route(opcode, &body)
         } else {
-            keyed(opcode, &body).map(|k| k.key)
+            keyed(opcode, &body).map(|k| replica::ReplicaRoute::Key(k.key))
         };
-        let owner = match key.and_then(|k| self.check_key(k).map(|()| k)) {
-            Ok(key) => usize::from(shard_of(token_of(key), self.settings.shard_count).0),
+        let owner = match route.and_then(|r| match r {
+            replica::ReplicaRoute::Key(k) => self
+                .check_key(k)
+                .map(|()| usize::from(shard_of(token_of(k), self.settings.shard_count).0)),
+            replica::ReplicaRoute::Shard(s) if s < self.settings.shard_count => Ok(usize::from(s)),
+            replica::ReplicaRoute::Shard(s) => Err((
+                ErrorCode::InvalidRequest,
+                format!("shard {s} does not exist (this node has {})", self.settings.shard_count),
+            )),
+        }) {
+            Ok(owner) => owner,
             Err((code, message)) => {
                 bump(&self.counters.invalid_frames);
                 conn.push_error(request_id, code, message);
@@ -272,7 +295,13 @@ impl ExecutorCtx {
             .quorum
             .required(consistency, access)
             .map_err(|e| consistency_refusal(&e))?;
-        let replicas = self.replica_set(token);
+        let (replicas, needed) = if access == Access::Read {
+            (self.replica_set(token), needed)
+        } else {
+            let (replicas, extra) = self.write_replica_set(token);
+            let needed = pending_needed(needed, extra, replicas.len());
+            (replicas, needed)
+        };
         match opcode {
             Opcode::Get => {
                 let resolver =

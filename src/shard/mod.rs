@@ -35,6 +35,14 @@
 //! A Stats request is answered by the executor it lands on, which gathers every shard's
 //! counters over the same channels (see [`stats`]).
 //!
+//! ## Moving ranges
+//! Reads use the ring of Up and Leaving nodes (a joining node has not copied its ranges yet; a
+//! leaving one still holds its ranges). While some node is Joining or Leaving, a write goes to
+//! the union of the key's replicas in that ring and in the ring of Joining and Up nodes
+//! ([`crate::cluster::movement::write_set`]) and needs W plus one acknowledgement per extra
+//! (pending) replica, capped at the size of the set: W of the replicas before the move and W of
+//! those after it then hold the write, whichever ring the reads use when the move completes.
+//!
 //! ## Topology
 //! Every executor answers Topology requests from its own copy of the topology, an
 //! `Arc<TopologyResponse>` in a `RefCell` that only its executor touches (no lock). The cluster
@@ -63,7 +71,7 @@ use std::sync::Arc;
 
 use glommio::channels::shared_channel::ConnectedSender;
 use kvs_shards::Engine;
-use kvs_wire::msg::{AlignedVec, TopologyResponse};
+use kvs_wire::msg::{self, AlignedVec, NodeStatus, TopologyResponse};
 use kvs_wire::placement::{NodeId, Ring, Token};
 use kvs_wire::Opcode;
 
@@ -98,6 +106,33 @@ pub enum ShardMsg {
     Hint { target: NodeId, body: Vec<u8> },
     /// The answer to the `ReplicaOut` `corr`, from the cluster core.
     ReplicaReply { corr: u64, answer: replica::ReplicaAnswer },
+}
+
+/// Where [`ExecutorCtx::call_shard`] receives its response frame.
+#[derive(Default)]
+struct CallSlot {
+    frame: RefCell<Option<Vec<u8>>>,
+    ready: Notify,
+}
+
+/// The body of a whole response `frame` to `opcode`, or the error it carries.
+pub fn response_body(frame: &[u8], opcode: Opcode) -> Result<AlignedVec, String> {
+    let header = frame
+        .get(..kvs_wire::limits::FRAME_HEADER_BYTES)
+        .ok_or("a response shorter than a frame header")?;
+    let h = kvs_wire::FrameHeader::decode(header, kvs_wire::limits::FRAME_BODY_BYTES_MAX)
+        .map_err(|e| format!("a bad response frame: {e}"))?;
+    let rest = frame.get(kvs_wire::limits::FRAME_HEADER_BYTES..).unwrap_or_default();
+    let mut body = AlignedVec::with_capacity(rest.len());
+    body.extend_from_slice(rest);
+    match h.opcode {
+        Opcode::Error => Err(match msg::access::<msg::ArchivedErrorResponse>(&body) {
+            Ok(e) => e.message.as_str().to_string(),
+            Err(e) => format!("an unreadable error response: {e}"),
+        }),
+        op if op == opcode && h.response => Ok(body),
+        op => Err(format!("{opcode:?} answered with {op:?}")),
+    }
 }
 
 /// Where a node-level connection is in the replica-link handshake.
@@ -188,8 +223,12 @@ fn bump(c: &Cell<u64>) {
 /// A topology and what requests derive from it.
 struct Placement {
     topology: Arc<TopologyResponse>,
-    /// The ring of `topology`'s nodes, for replica sets.
-    ring: Ring,
+    /// The ring reads use: Up and Leaving nodes (a joining node has not streamed its ranges
+    /// yet; a leaving one still holds its ranges).
+    read_ring: Ring,
+    /// The ring writes go to as well while a node joins or leaves: Joining and Up nodes.
+    /// `None` when it is the read ring (nobody moving).
+    pending_ring: Option<Ring>,
     /// The effective N and the default consistencies. N is the configured replication factor,
     /// except on a standalone node (no seeds) whose ring holds only itself, where it is 1: one
     /// node on defaults serves quorum requests. Otherwise a ring with fewer nodes than N has
@@ -200,19 +239,26 @@ struct Placement {
 
 impl Placement {
     fn new(topology: Arc<TopologyResponse>, standalone: bool) -> Placement {
-        let ring = Ring::new(
-            topology
-                .nodes
-                .iter()
-                .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect())),
-        );
-        let n = if standalone && ring.node_count() <= 1 {
+        let ring_of = |keep: &dyn Fn(NodeStatus) -> bool| {
+            Ring::new(
+                topology
+                    .nodes
+                    .iter()
+                    .filter(|n| keep(n.status))
+                    .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect())),
+            )
+        };
+        let read_ring = ring_of(&|s| matches!(s, NodeStatus::Up | NodeStatus::Leaving));
+        let moving = topology.nodes.iter().any(|n| n.status != NodeStatus::Up);
+        let pending_ring =
+            moving.then(|| ring_of(&|s| matches!(s, NodeStatus::Joining | NodeStatus::Up)));
+        let n = if standalone && topology.nodes.len() <= 1 {
             1
         } else {
             topology.replication_factor.max(1)
         };
         let quorum = QuorumOptions::with_replication_factor(n);
-        Placement { topology, ring, quorum }
+        Placement { topology, read_ring, pending_ring, quorum }
     }
 }
 
@@ -239,11 +285,17 @@ pub struct ExecutorCtx {
     peers: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Forwarded requests awaiting their response: corr -> the client connection to answer.
     pending: RefCell<HashMap<u64, Rc<ConnOut>>>,
+    /// Requests this executor's own tasks sent to a shard ([`Self::call_shard`]): corr -> where
+    /// the response frame goes. Shares `next_corr`.
+    calls: RefCell<HashMap<u64, Rc<CallSlot>>>,
     /// Stats requests gathering shards' counters: corr -> the gather. Shares `next_corr`.
     gathers: RefCell<HashMap<u64, Rc<stats::Gather>>>,
     next_corr: Cell<u64>,
     /// Raised when the node shuts down: stop accepting and reading.
     pub shutdown: Latch,
+    /// Raised once every executor of the node has drained its connections: the cluster
+    /// core's replica links stop then, not before (in-flight requests still need them).
+    pub stopped: Latch,
     /// Stop signals of open connections, by connection id.
     conns: RefCell<HashMap<u64, Rc<Notify>>>,
     next_conn: Cell<u64>,
@@ -278,8 +330,10 @@ impl ExecutorCtx {
             peers,
             pending: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
+            calls: RefCell::new(HashMap::new()),
             next_corr: Cell::new(1),
             shutdown: Latch::default(),
+            stopped: Latch::default(),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             conn_closed: Notify::default(),
@@ -347,6 +401,11 @@ impl ExecutorCtx {
         }
     }
 
+    /// The ids of the nodes the failure detector holds alive, sorted.
+    pub fn alive_nodes(&self) -> Vec<u64> {
+        self.alive.borrow().1.to_vec()
+    }
+
     /// Holds `alive` here and sends it to every other executor of the node.
     pub fn publish_liveness(self: &Rc<Self>, seq: u64, alive: Arc<Vec<u64>>) {
         self.set_liveness(seq, alive.clone());
@@ -408,21 +467,90 @@ impl ExecutorCtx {
         }
     }
 
-    /// The replica set of `token` as this node can reach it: the ring's N replicas, alive when
-    /// it is this node or the failure detector holds its node alive; this node first (it serves
-    /// reads' full data without a network hop), then the other live ones in ring order.
+    /// The read replicas of `token` as this node can reach them: the read ring's N replicas,
+    /// alive when it is this node or the failure detector holds its node alive; this node first
+    /// (it serves reads' full data without a network hop), then the other live ones in ring
+    /// order.
     fn replica_set(&self, token: Token) -> Vec<Replica> {
-        let me = NodeId(self.settings.node_id);
         let p = self.placement();
+        let nodes = p.read_ring.replicas(token, usize::from(p.quorum.replication_factor));
+        self.reachable(nodes)
+    }
+
+    /// The replicas a write of `token` goes to, and how many of them are pending (gaining the
+    /// range in a join or leave in progress, on top of the read replicas): see
+    /// [`crate::cluster::movement::write_set`].
+    fn write_replica_set(&self, token: Token) -> (Vec<Replica>, usize) {
+        let p = self.placement();
+        let n = usize::from(p.quorum.replication_factor);
+        let Some(pending) = &p.pending_ring else {
+            return (self.reachable(p.read_ring.replicas(token, n)), 0);
+        };
+        let read = p.read_ring.replicas(token, n).len();
+        let nodes = crate::cluster::movement::write_set(&p.read_ring, pending, token, n);
+        let extra = nodes.len().saturating_sub(read);
+        (self.reachable(nodes), extra)
+    }
+
+    fn reachable(&self, nodes: Vec<NodeId>) -> Vec<Replica> {
+        let me = NodeId(self.settings.node_id);
         let alive = self.alive.borrow().1.clone();
-        let mut set: Vec<Replica> = p
-            .ring
-            .replicas(token, usize::from(p.quorum.replication_factor))
+        let mut set: Vec<Replica> = nodes
             .into_iter()
             .map(|node| Replica { node, alive: node == me || alive.binary_search(&node.0).is_ok() })
             .collect();
         set.sort_by_key(|r| (r.node != me, !r.alive));
         set
+    }
+
+    /// Sends a request (`opcode`, archived `body`) to shard `shard` of this node, as a peer's
+    /// request would arrive, and returns the response body; an error response, a full
+    /// channel or no answer within `timeout` is an error naming why.
+    pub async fn call_shard(
+        self: &Rc<Self>,
+        shard: usize,
+        opcode: Opcode,
+        body: AlignedVec,
+        timeout: std::time::Duration,
+    ) -> Result<AlignedVec, String> {
+        let Some(Some(peer)) = self.peers.get(shard) else {
+            return Err(format!("no shard {shard} on this node"));
+        };
+        let corr = self.next_corr.get();
+        self.next_corr.set(corr.wrapping_add(1));
+        let slot = Rc::new(CallSlot::default());
+        self.calls.borrow_mut().insert(corr, slot.clone());
+        let msg = ShardMsg::Request { from: self.index, corr, request_id: corr, opcode, body };
+        let sent = futures_lite::future::or(
+            async { peer.send(msg).await.map_err(|e| format!("shard {shard}: {e}")) },
+            async {
+                glommio::timer::sleep(timeout).await;
+                Err(format!("shard {shard} took no request for {timeout:?}"))
+            },
+        )
+        .await;
+        let answer = match sent {
+            Ok(()) => {
+                futures_lite::future::or(
+                    async {
+                        loop {
+                            if let Some(frame) = slot.frame.borrow_mut().take() {
+                                return Ok(frame);
+                            }
+                            slot.ready.wait().await;
+                        }
+                    },
+                    async {
+                        glommio::timer::sleep(timeout).await;
+                        Err(format!("shard {shard} did not answer {opcode:?} within {timeout:?}"))
+                    },
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        self.calls.borrow_mut().remove(&corr);
+        response_body(&answer?, opcode).map_err(|e| format!("shard {shard}: {e}"))
     }
 
     /// Number of forwarded requests still waiting for their owner's answer.
@@ -451,6 +579,9 @@ impl ExecutorCtx {
                 if let Some(conn) = conn {
                     conn.push_frame(&frame);
                     conn.finish_one();
+                } else if let Some(slot) = self.calls.borrow_mut().remove(&corr) {
+                    *slot.frame.borrow_mut() = Some(frame);
+                    slot.ready.notify();
                 }
             }
             ShardMsg::StatsRequest { from, corr } => self.answer_stats(from, corr),
@@ -500,6 +631,7 @@ mod tests {
                     addr: format!("127.0.0.{id}:7000"),
                     shard_ports: vec![7001],
                     tokens: vnode_tokens(NodeId(*id), 8).into_iter().map(|t| t.0).collect(),
+                    status: NodeStatus::Up,
                 })
                 .collect(),
         })

@@ -18,17 +18,21 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use kvs_shards::Lookup;
+use kvs_shards::memtable::Entry;
+use kvs_shards::{Engine, Lookup};
 use kvs_wire::msg::{self, AlignedVec, Stamp};
 use kvs_wire::peer::{
-    ArchivedReplicaReadRequest, ArchivedReplicaWriteRequest, ReplicaReadRequest,
-    ReplicaReadResponse, ReplicaVersion, ReplicaWriteRequest,
+    ArchivedReplicaReadRequest, ArchivedReplicaWriteRequest, ArchivedStreamApplyRequest,
+    ArchivedStreamScanRequest, ReplicaReadRequest, ReplicaReadResponse, ReplicaVersion,
+    ReplicaWriteRequest, StreamEntry, StreamScanResponse, STREAM_PAGE_BYTES_MAX,
+    STREAM_PAGE_KEYS_MAX, STREAM_RANGES_MAX,
 };
-use kvs_wire::placement::{shard_of, token_of, NodeId};
+use kvs_wire::placement::{shard_of, token_of, NodeId, Token};
 use kvs_wire::{ErrorCode, Opcode};
 
 use super::notify::Notify;
 use super::{ExecutorCtx, ShardMsg};
+use crate::cluster::movement::{RangeSet, TokenRange};
 use crate::cluster::quorum::{ReadKind, ReadReply, Versioned};
 
 /// A remote replica's answer, as the cluster core reports it.
@@ -101,17 +105,13 @@ pub fn write_body(
         stamp,
         expires_at_ms: expires_at_ms.unwrap_or(0),
     };
-    let mut out = Vec::new();
-    msg::write_frame(&mut out, Opcode::ReplicaWrite, false, 0, &req)?;
-    Ok(out.split_off(kvs_wire::limits::FRAME_HEADER_BYTES))
+    msg::encode_body(&req)
 }
 
 /// The archived body of a replica read (no frame header).
 pub fn read_body(key: &[u8], kind: ReadKind) -> Result<Vec<u8>, msg::MsgError> {
     let req = ReplicaReadRequest { key: key.to_vec(), digest: kind == ReadKind::Digest };
-    let mut out = Vec::new();
-    msg::write_frame(&mut out, Opcode::ReplicaRead, false, 0, &req)?;
-    Ok(out.split_off(kvs_wire::limits::FRAME_HEADER_BYTES))
+    msg::encode_body(&req)
 }
 
 /// A validated replica read response as the resolver's reply; `digest` tells which was asked.
@@ -227,6 +227,11 @@ impl ExecutorCtx {
         let Some(engine) = self.engine.as_ref() else {
             return Err((ErrorCode::Internal, "replica request reached no storage".into()));
         };
+        match opcode {
+            Opcode::StreamScan => return self.stream_scan(engine, request_id, body, out).await,
+            Opcode::StreamApply => return self.stream_apply(engine, request_id, body, out).await,
+            _ => {}
+        }
         let key = replica_key(opcode, body)?;
         self.check_key(key)?;
         let owner = shard_of(token_of(key), self.settings.shard_count);
@@ -312,9 +317,179 @@ impl ExecutorCtx {
     }
 }
 
-/// Whether `opcode` is a replica request.
+impl ExecutorCtx {
+    fn check_stream_shard(&self, shard: u16) -> Result<(), (ErrorCode, String)> {
+        if usize::from(shard) != self.index {
+            return Err((
+                ErrorCode::Internal,
+                format!("stream request for shard {shard} reached shard {}", self.index),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One page of this shard's versions in the request's token ranges.
+    async fn stream_scan(
+        &self,
+        engine: &Engine,
+        request_id: u64,
+        body: &AlignedVec,
+        out: &mut Vec<u8>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let req = msg::access::<ArchivedStreamScanRequest>(body)
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("bad StreamScan: {e}")))?;
+        self.check_stream_shard(req.shard.to_native())?;
+        if req.ranges.len() > STREAM_RANGES_MAX {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("{} ranges in one scan (at most {STREAM_RANGES_MAX})", req.ranges.len()),
+            ));
+        }
+        let ranges =
+            RangeSet::new(req.ranges.iter().map(|r| TokenRange {
+                start: Token(r.0.to_native()),
+                end: Token(r.1.to_native()),
+            }));
+        let max_keys = req.max_keys.to_native().clamp(1, STREAM_PAGE_KEYS_MAX) as usize;
+        let max_bytes = req.max_bytes.to_native().clamp(1, STREAM_PAGE_BYTES_MAX) as usize;
+        let keep = |key: &[u8]| ranges.contains(token_of(key));
+        let page = engine
+            .scan_page(req.after.as_ref().map(|a| a.as_slice()), &keep, max_keys, max_bytes)
+            .await
+            .map_err(|e| (super::shard_error_code(&e), format!("shard {}: {e}", self.index)))?;
+        // The page may hold more than `max_bytes` (several sources); cut it there, resuming
+        // after the last entry kept.
+        let mut entries = Vec::with_capacity(page.entries.len());
+        let mut bytes = 0usize;
+        let mut next = page.next;
+        let mut cut = false;
+        for (key, entry) in page.entries {
+            if cut {
+                break;
+            }
+            let e = stream_entry(key, entry);
+            bytes += e.key.len() + e.value.as_ref().map_or(0, Vec::len);
+            if bytes >= max_bytes {
+                next = Some(e.key.clone());
+                cut = true;
+            }
+            entries.push(e);
+        }
+        let response = StreamScanResponse { entries, next, examined: page.examined };
+        msg::write_frame(out, Opcode::StreamScan, true, request_id, &response)
+            .map_err(|e| (ErrorCode::Internal, format!("encoding a stream page: {e}")))
+    }
+
+    /// Applies streamed versions on this shard; the engine keeps the greatest stamp of each
+    /// key, so a streamed version never hides a newer write.
+    async fn stream_apply(
+        &self,
+        engine: &Rc<Engine>,
+        request_id: u64,
+        body: &AlignedVec,
+        out: &mut Vec<u8>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let req = msg::access::<ArchivedStreamApplyRequest>(body)
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("bad StreamApply: {e}")))?;
+        self.check_stream_shard(req.shard.to_native())?;
+        // Check everything before applying anything.
+        for e in req.entries.iter() {
+            let key = e.key.as_slice();
+            self.check_key(key)?;
+            if usize::from(shard_of(token_of(key), self.settings.shard_count).0) != self.index {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!("a streamed key belongs to another shard than {}", self.index),
+                ));
+            }
+            if e.value.as_ref().is_some_and(|v| v.len() > self.settings.value_bytes_max as usize) {
+                return Err((
+                    ErrorCode::TooLarge,
+                    format!(
+                        "a streamed value exceeds value_bytes_max {}",
+                        self.settings.value_bytes_max
+                    ),
+                ));
+            }
+        }
+        // Every write is submitted at once so group commit batches them.
+        let mut tasks = Vec::with_capacity(req.entries.len());
+        for e in req.entries.iter() {
+            let stamp =
+                kvs_shards::Stamp { hlc: e.stamp.hlc.to_native(), node: e.stamp.node.to_native() };
+            self.hlc.borrow_mut().observe(stamp.hlc);
+            let key = e.key.as_slice().to_vec();
+            let value = e.value.as_ref().map(|v| v.as_slice().to_vec());
+            let expires = e.expires_at_ms.to_native();
+            let expires = (expires > 0).then_some(expires);
+            let engine = engine.clone();
+            tasks.push(glommio::spawn_local(async move {
+                match value {
+                    Some(v) => engine.put_with_expiry(&key, &v, stamp, expires).await,
+                    None => engine.delete(&key, stamp).await,
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|e| {
+                (
+                    super::shard_error_code(&e),
+                    format!("shard {}: applying a stream: {e}", self.index),
+                )
+            })?;
+        }
+        msg::write_empty_frame(out, Opcode::StreamApply, true, request_id);
+        Ok(())
+    }
+}
+
+/// A stored version as streamed.
+fn stream_entry(key: Vec<u8>, entry: Entry) -> StreamEntry {
+    let wire = |s: kvs_shards::Stamp| Stamp { hlc: s.hlc, node: s.node };
+    match entry {
+        Entry::Value { value, stamp, expires_at_ms } => StreamEntry {
+            key,
+            value: Some(value),
+            stamp: wire(stamp),
+            expires_at_ms: expires_at_ms.unwrap_or(0),
+        },
+        Entry::Tombstone { stamp } => {
+            StreamEntry { key, value: None, stamp: wire(stamp), expires_at_ms: 0 }
+        }
+    }
+}
+
+/// Whether `opcode` is a replica request (keyed, or a stream request for one shard).
 pub fn is_replica_opcode(opcode: Opcode) -> bool {
-    matches!(opcode, Opcode::ReplicaWrite | Opcode::ReplicaRead)
+    matches!(
+        opcode,
+        Opcode::ReplicaWrite | Opcode::ReplicaRead | Opcode::StreamScan | Opcode::StreamApply
+    )
+}
+
+/// Where a replica request goes on this node.
+pub enum ReplicaRoute<'a> {
+    /// To the shard that owns this key.
+    Key(&'a [u8]),
+    /// To this shard (stream requests name it).
+    Shard(u16),
+}
+
+/// The route of a replica request, from one validated access of its body.
+pub fn replica_route(
+    opcode: Opcode,
+    body: &AlignedVec,
+) -> Result<ReplicaRoute<'_>, (ErrorCode, String)> {
+    let invalid = |e: msg::MsgError| (ErrorCode::InvalidRequest, format!("bad {opcode:?}: {e}"));
+    match opcode {
+        Opcode::StreamScan => Ok(ReplicaRoute::Shard(
+            msg::access::<ArchivedStreamScanRequest>(body).map_err(invalid)?.shard.to_native(),
+        )),
+        Opcode::StreamApply => Ok(ReplicaRoute::Shard(
+            msg::access::<ArchivedStreamApplyRequest>(body).map_err(invalid)?.shard.to_native(),
+        )),
+        _ => replica_key(opcode, body).map(ReplicaRoute::Key),
+    }
 }
 
 /// The key of a replica request, from one validated access of its body.

@@ -15,7 +15,7 @@
 //!   and `ClusterStatus` frames that arrive on the node port ([`PeerService`]).
 //! - **Topology**: after every merge it compares [`Membership::topology_version`] with the
 //!   version it last published and, when it grew, builds a new [`TopologyResponse`] (nodes
-//!   whose status is Joining or Up, with their shard ports and their tokens recomputed from
+//!   whose status is Joining, Up or Leaving, with their shard ports and their tokens recomputed from
 //!   id and vnode count) and publishes it to every executor
 //!   ([`ExecutorCtx::publish_topology`]).
 //!
@@ -33,14 +33,18 @@
 //! Replica requests travel on their own long-lived links ([`replica`]), not on gossip's
 //! short connections.
 //!
-//! ## Not yet
-//! The node announces Up as soon as it starts: nothing is streamed at join (Joining is never
-//! used), and there is no decommission (Leaving, Left). Streaming between cluster cores is a
-//! later increment. Hinted handoff is wired in through [`replica`]: failed replica writes
-//! become hints in [`hint_log`], replayed when the live set shows the target again.
+//! - **Movement**: a node's first start with seeds is a join ([`stream`]): it stays Joining
+//!   until it has copied its ranges, then announces Up; Decommission and RemoveNode requests
+//!   on the node port start a [`stream::Mover`] task and answer at once (progress in
+//!   ClusterStatus). The topology lists Joining, Up and Leaving nodes with their status, which
+//!   decides where each shard reads and writes (see `crate::shard`).
+//!
+//! Hinted handoff is wired in through [`replica`]: failed replica writes become hints in
+//! [`hint_log`], replayed when the live set shows the target again.
 
 pub mod hint_log;
 pub mod replica;
+pub mod stream;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -52,10 +56,12 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvs_wire::limits::FRAME_HEADER_BYTES;
-use kvs_wire::msg::{self, AlignedVec, ArchivedErrorResponse, NodeInfo, TopologyResponse};
+use kvs_wire::msg::{
+    self, AlignedVec, ArchivedErrorResponse, NodeInfo, NodeStatus, TopologyResponse,
+};
 use kvs_wire::peer::{
     self, ArchivedGossipBody, ArchivedPeerEnvelope, ClusterKey, ClusterStatusResponse, GossipBody,
-    MemberStatus, PeerDigest, PeerEnvelope, PeerHeartbeat, PeerState, PeerStatus,
+    MemberStatus, MovementState, PeerDigest, PeerEnvelope, PeerHeartbeat, PeerState, PeerStatus,
     PEER_BODY_BYTES_MAX,
 };
 use kvs_wire::placement::{vnode_tokens, NodeId};
@@ -120,14 +126,23 @@ impl Refusal {
     }
 }
 
-/// The topology the membership describes: Joining and Up nodes, sorted by id.
+/// The topology the membership describes: Joining, Up and Leaving nodes, sorted by id.
 pub fn topology_of(membership: &Membership, replication_factor: u8) -> TopologyResponse {
     let nodes = membership
         .view(0)
         .into_iter()
-        .filter(|v| matches!(v.state.status, Status::Joining | Status::Up))
         .filter(|v| v.state.heartbeat != Heartbeat::default())
-        .map(|v| NodeInfo {
+        .filter_map(|v| {
+            let status = match v.state.status {
+                Status::Joining => NodeStatus::Joining,
+                Status::Up => NodeStatus::Up,
+                Status::Leaving => NodeStatus::Leaving,
+                Status::Left => return None,
+            };
+            Some((v, status))
+        })
+        .map(|(v, status)| NodeInfo {
+            status,
             id: v.state.id.0,
             addr: v.state.addr.to_string(),
             shard_ports: v.state.meta.shard_ports.to_vec(),
@@ -315,6 +330,8 @@ pub struct GossipCore {
     refusal_window: Cell<(Instant, u32, u64)>,
     /// The live set last published to the shards, and its sequence number.
     published_alive: RefCell<(u64, Arc<Vec<u64>>)>,
+    /// Runs joins, decommissions and removals; set once after start.
+    mover: RefCell<Option<Weak<stream::Mover>>>,
 }
 
 impl GossipCore {
@@ -337,7 +354,62 @@ impl GossipCore {
             refusals_logged: RefCell::new(HashMap::new()),
             refusal_window: Cell::new((Instant::now(), 0, 0)),
             published_alive: RefCell::new((0, Arc::new(Vec::new()))),
+            mover: RefCell::new(None),
         })
+    }
+
+    /// Installs the mover that serves Decommission and RemoveNode.
+    pub fn set_mover(&self, mover: &Rc<stream::Mover>) {
+        *self.mover.borrow_mut() = Some(Rc::downgrade(mover));
+    }
+
+    /// Sets this node's own status (Joining -> Up -> Leaving -> Left) and publishes the
+    /// topology that follows; gossip carries it to the peers at the next round.
+    pub fn set_own_status(&self, status: Status) {
+        self.membership.borrow_mut().set_status(status);
+        self.publish_if_changed();
+    }
+
+    /// This node's own status.
+    pub fn own_status(&self) -> Status {
+        let m = self.membership.borrow();
+        m.state(m.id()).map_or(Status::Joining, |s| s.status)
+    }
+
+    /// Marks `id` Left on its behalf (`kvs removenode`): refused unless the failure detector
+    /// holds it down.
+    pub fn remove_node(&self, id: NodeId) -> Result<(), String> {
+        let now = self.now_ms();
+        {
+            let mut m = self.membership.borrow_mut();
+            match m.liveness(id, now) {
+                Some(Liveness::Down) => {}
+                Some(l) => {
+                    return Err(format!(
+                        "node {:016x} is {l:?} here, not down: removenode is for dead nodes; \
+                         use `kvs decommission` on a live one",
+                        id.0
+                    ))
+                }
+                None => return Err(format!("node {:016x} is not known here", id.0)),
+            }
+            if m.state(id).is_some_and(|s| s.status == Status::Left) {
+                return Err(format!("node {:016x} has already left the ring", id.0));
+            }
+            m.remove_node(id)?;
+        }
+        self.publish_if_changed();
+        Ok(())
+    }
+
+    /// How many peers (besides this node) have been heard from.
+    pub fn peers_heard(&self) -> usize {
+        let m = self.membership.borrow();
+        let me = m.id();
+        m.view(0)
+            .iter()
+            .filter(|v| v.state.id != me && v.state.heartbeat != Heartbeat::default())
+            .count()
     }
 
     fn now_ms(&self) -> u64 {
@@ -719,7 +791,23 @@ impl GossipCore {
             topology_version: self.published_version.get(),
             replication_factor: self.settings.replication_factor,
             members,
+            movement_state: self
+                .mover
+                .borrow()
+                .as_ref()
+                .and_then(Weak::upgrade)
+                .map_or(MovementState::Idle, |m| m.state()),
+            movement: self
+                .mover
+                .borrow()
+                .as_ref()
+                .and_then(Weak::upgrade)
+                .map_or_else(String::new, |m| m.progress_line()),
         }
+    }
+
+    fn mover(&self) -> Option<Rc<stream::Mover>> {
+        self.mover.borrow().as_ref().and_then(Weak::upgrade)
     }
 }
 
@@ -732,6 +820,23 @@ impl PeerService for GossipCore {
             Opcode::ClusterStatus => {
                 if msg::write_frame(out, opcode, true, request_id, &self.status()).is_err() {
                     msg::write_error(out, request_id, ErrorCode::Internal, "encoding status");
+                }
+            }
+            Opcode::Decommission | Opcode::RemoveNode => {
+                let Some(mover) = self.mover() else {
+                    msg::write_error(out, request_id, ErrorCode::Internal, "the node is stopping");
+                    return;
+                };
+                let started = if opcode == Opcode::Decommission {
+                    mover.start_decommission()
+                } else {
+                    msg::access::<peer::ArchivedRemoveNodeRequest>(body)
+                        .map_err(|e| format!("bad RemoveNode: {e}"))
+                        .and_then(|r| mover.start_remove(NodeId(r.id.to_native())))
+                };
+                match started {
+                    Ok(()) => msg::write_empty_frame(out, opcode, true, request_id),
+                    Err(why) => msg::write_error(out, request_id, ErrorCode::InvalidRequest, why),
                 }
             }
             other => msg::write_error(

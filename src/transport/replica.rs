@@ -26,6 +26,8 @@
 //! - A connection with requests in flight that reads nothing for `replica_timeout_ms` is
 //!   dropped; its requests fail. An idle connection is closed after [`LINK_IDLE`].
 //! - Every failure is reported to the coordinator exactly once, with the node and the reason.
+//! - Links keep serving while the node drains its connections at shutdown (requests in
+//!   flight still need their replicas); they stop once every executor has drained.
 //!
 //! ## Hinted handoff
 //! A coordinator's replica write that fails here (unreachable, refused, full queue, link
@@ -85,6 +87,22 @@ enum Reply {
     Shard { from: usize, corr: u64 },
     /// A task of the cluster core (hint replay).
     Local(Rc<AnswerSlot>),
+    /// A task of the cluster core that wants the response body as is (streaming).
+    Raw(Rc<RawSlot>),
+}
+
+/// Where a cluster-core task receives one response body, or why there is none.
+#[derive(Default)]
+struct RawSlot {
+    answer: RefCell<Option<Result<AlignedVec, String>>>,
+    ready: crate::shard::notify::Notify,
+}
+
+impl RawSlot {
+    fn set(&self, answer: Result<AlignedVec, String>) {
+        *self.answer.borrow_mut() = Some(answer);
+        self.ready.notify();
+    }
 }
 
 /// Where a cluster-core task receives one answer.
@@ -184,7 +202,42 @@ impl ReplicaLinks {
                 *slot.answer.borrow_mut() = Some(answer);
                 slot.ready.notify();
             }
+            Reply::Raw(slot) => slot.set(Err(match answer {
+                ReplicaAnswer::Failed(why) => why,
+                other => format!("unexpected answer {other:?}"),
+            })),
         }
+    }
+
+    /// Sends one request (`opcode`, archived `body`) to `node` on its replica link and returns
+    /// the response body; a failure, an error response or no answer within `limit` is an
+    /// error naming the node and why. For streaming: these requests are never hinted.
+    pub async fn call(
+        self: &Rc<Self>,
+        node: NodeId,
+        opcode: Opcode,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<AlignedVec, String> {
+        let slot = Rc::new(RawSlot::default());
+        let o =
+            Outgoing { reply: Reply::Raw(slot.clone()), opcode, body, digest: false, hint: false };
+        self.enqueue(node, o);
+        futures_lite::future::or(
+            async {
+                loop {
+                    if let Some(a) = slot.answer.borrow_mut().take() {
+                        return a;
+                    }
+                    slot.ready.wait().await;
+                }
+            },
+            async {
+                glommio::timer::sleep(limit).await;
+                Err(format!("node {:016x} did not answer {opcode:?} within {limit:?}", node.0))
+            },
+        )
+        .await
     }
 
     fn fail_all(self: &Rc<Self>, link: &Link, why: &str) {
@@ -396,7 +449,7 @@ impl ReplicaLinks {
     async fn run_link(self: Rc<Self>, link: Rc<Link>) {
         loop {
             let Some(ctx) = self.ctx.upgrade() else { break };
-            if ctx.shutdown.is_raised() {
+            if ctx.stopped.is_raised() {
                 self.fail_all(&link, "the node is stopping");
                 break;
             }
@@ -408,7 +461,7 @@ impl ReplicaLinks {
                     },
                     async {
                         futures_lite::future::or(
-                            ctx.shutdown.wait(),
+                            ctx.stopped.wait(),
                             glommio::timer::sleep(LINK_IDLE),
                         )
                         .await;
@@ -555,10 +608,10 @@ impl ReplicaLinks {
                 let ctx = self.ctx.upgrade().ok_or("the node is stopping")?;
                 futures_lite::future::or(
                     link.wake.wait(),
-                    futures_lite::future::or(ctx.shutdown.wait(), glommio::timer::sleep(check)),
+                    futures_lite::future::or(ctx.stopped.wait(), glommio::timer::sleep(check)),
                 )
                 .await;
-                if ctx.shutdown.is_raised() {
+                if ctx.stopped.is_raised() {
                     return Err("the node is stopping".to_string());
                 }
                 let busy = !link.inflight.borrow().is_empty() || !link.queue.borrow().is_empty();
@@ -585,6 +638,14 @@ impl ReplicaLinks {
             return;
         };
         let node = link.node.0;
+        if let Reply::Raw(slot) = &o.reply {
+            slot.set(match (h.opcode, h.response) {
+                (Opcode::Error, _) => Err(format!("node {node:016x}: {}", error_message(&body))),
+                (op, true) if op == o.opcode => Ok(body),
+                (op, _) => Err(format!("node {node:016x} answered {:?} with {op:?}", o.opcode)),
+            });
+            return;
+        }
         let answer = match (h.opcode, h.response) {
             (Opcode::Error, _) => {
                 ReplicaAnswer::Failed(format!("node {node:016x}: {}", error_message(&body)))

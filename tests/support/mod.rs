@@ -106,9 +106,10 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// `host:port` of shard `i`.
+    /// `host:port` of shard `i` (on the host of the node's address).
     pub fn shard_addr(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.shard_ports[i])
+        let host = self.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+        format!("{host}:{}", self.shard_ports[i])
     }
 
     /// The server's process id.
@@ -270,6 +271,33 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("gave up waiting for {what}");
+}
+
+/// What `node` alone holds for `key`: a Get at consistency one sent to the shard of `node`
+/// that owns the key (a coordinator that is a replica reads its own copy first). Ok(None):
+/// missing; Err: the error message.
+#[allow(dead_code)]
+pub fn local_get(node: &Server, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use kvs_wire::msg::{self, ArchivedErrorResponse, ArchivedGetResponse, Consistency};
+    use kvs_wire::placement::{shard_of, token_of};
+    let shards = u16::try_from(node.shard_ports.len()).unwrap();
+    let shard = shard_of(token_of(key), shards).0;
+    let mut raw = Raw::connect(&node.shard_addr(usize::from(shard)));
+    let mut frame = Vec::new();
+    let req = msg::GetRequest { key: key.to_vec(), consistency: Consistency::One };
+    msg::write_frame(&mut frame, kvs_wire::Opcode::Get, false, 1, &req).unwrap();
+    raw.send(&frame);
+    let (h, body) = raw.recv().ok_or("the node closed the connection")?;
+    match h.opcode {
+        kvs_wire::Opcode::Error => {
+            Err(msg::access::<ArchivedErrorResponse>(&body).unwrap().message.as_str().to_string())
+        }
+        _ => Ok(msg::access::<ArchivedGetResponse>(&body)
+            .unwrap()
+            .value
+            .as_ref()
+            .map(|v| v.as_slice().to_vec())),
+    }
 }
 
 /// Node id -> (state, liveness) in a `kvs status --json` answer.

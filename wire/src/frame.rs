@@ -14,7 +14,7 @@ use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 pub const MAGIC: u32 = 0x4B56_5331;
 /// The protocol version this crate speaks. Only this version is accepted: a frame of any other
 /// version is refused with [`FrameError::BadVersion`] (history in [`crate::msg`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bit set in the opcode of every response.
 pub const RESPONSE_BIT: u8 = 0x80;
 
@@ -53,6 +53,20 @@ pub enum Opcode {
     /// Node to node: read one replica (`peer::ReplicaReadRequest`); the response is a
     /// `peer::ReplicaReadResponse`.
     ReplicaRead = 0x25,
+    /// Node to node, on a replica link: one page of a shard's keys in token ranges
+    /// (`peer::StreamScanRequest`); the response is a `peer::StreamScanResponse`.
+    StreamScan = 0x26,
+    /// Node to node, on a replica link: apply streamed versions on one shard
+    /// (`peer::StreamApplyRequest`); the response is empty.
+    StreamApply = 0x27,
+    /// Operator to node, on its node-level port: stream this node's ranges to the nodes that
+    /// take them over, then leave the ring. Empty request body; the response (empty) says
+    /// the decommission started; its progress shows in `ClusterStatus`.
+    Decommission = 0x28,
+    /// Operator to node, on its node-level port: re-replicate the ranges of a dead node
+    /// (`peer::RemoveNodeRequest`) from the survivors and remove it from the ring. The
+    /// response (empty) says the removal started; its progress shows in `ClusterStatus`.
+    RemoveNode = 0x29,
     /// An error response; body is an `ErrorResponse`.
     Error = 0x7F,
 }
@@ -60,7 +74,7 @@ pub enum Opcode {
 impl Opcode {
     /// Every opcode, for tests and documentation. The numbers are part of the protocol: never
     /// renumber, only add.
-    pub const ALL: [Opcode; 13] = [
+    pub const ALL: [Opcode; 17] = [
         Opcode::Ping,
         Opcode::Topology,
         Opcode::Get,
@@ -73,6 +87,10 @@ impl Opcode {
         Opcode::PeerHello,
         Opcode::ReplicaWrite,
         Opcode::ReplicaRead,
+        Opcode::StreamScan,
+        Opcode::StreamApply,
+        Opcode::Decommission,
+        Opcode::RemoveNode,
         Opcode::Error,
     ];
 
@@ -91,6 +109,10 @@ impl Opcode {
             0x23 => Some(Opcode::PeerHello),
             0x24 => Some(Opcode::ReplicaWrite),
             0x25 => Some(Opcode::ReplicaRead),
+            0x26 => Some(Opcode::StreamScan),
+            0x27 => Some(Opcode::StreamApply),
+            0x28 => Some(Opcode::Decommission),
+            0x29 => Some(Opcode::RemoveNode),
             0x7F => Some(Opcode::Error),
             _ => None,
         }
@@ -217,7 +239,12 @@ mod tests {
     #[test]
     fn opcode_numbers_are_stable() {
         let numbers: Vec<u8> = Opcode::ALL.iter().map(|op| *op as u8).collect();
-        assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x7F]);
+        assert_eq!(
+            numbers,
+            vec![
+                1, 2, 3, 4, 5, 6, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x7F
+            ]
+        );
         for op in Opcode::ALL {
             assert_eq!(Opcode::from_u8(op as u8), Some(op));
             assert_eq!(Opcode::from_u8(op as u8 | RESPONSE_BIT), Some(op));
@@ -232,12 +259,12 @@ mod tests {
         let h = FrameHeader::request(Opcode::Get, 1, 2);
         assert_eq!(
             h.encode(),
-            [0x31, 0x53, 0x56, 0x4B, 3, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+            [0x31, 0x53, 0x56, 0x4B, 4, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
         );
         let h = FrameHeader::response(Opcode::Stats, 7, 0);
         assert_eq!(
             h.encode(),
-            [0x31, 0x53, 0x56, 0x4B, 3, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            [0x31, 0x53, 0x56, 0x4B, 4, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
     }
 
@@ -252,18 +279,19 @@ mod tests {
         b[0] ^= 1;
         assert!(matches!(FrameHeader::decode(&b, 100), Err(FrameError::BadMagic { .. })));
         let mut b = good;
-        b[4] = 4;
-        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 4 }));
+        b[4] = 5;
+        assert_eq!(FrameHeader::decode(&b, 100), Err(FrameError::BadVersion { got: 5 }));
         // Older versions (1 before `PutRequest::ttl_ms`, 2 before the request consistency and
-        // error details) are refused, not misread, and the error says what to do.
-        for old in [1u8, 2] {
+        // error details, 3 before the node status in the topology) are refused, not misread,
+        // and the error says what to do.
+        for old in [1u8, 2, 3] {
             let mut b = good;
             b[4] = old;
             let err = FrameHeader::decode(&b, 100).unwrap_err();
             assert_eq!(err, FrameError::BadVersion { got: u16::from(old) });
             let text = err.to_string();
             assert!(
-                text.contains(&format!("version {old}")) && text.contains("speaks 3"),
+                text.contains(&format!("version {old}")) && text.contains("speaks 4"),
                 "{text}"
             );
             assert!(text.contains("upgrade"), "{text}");

@@ -27,6 +27,8 @@
 //! ## Versions
 //! - 2: `PutRequest::ttl_ms`.
 //! - 3: `consistency` in Get, Put and Delete requests; `ErrorResponse::detail`.
+//! - 4: `NodeInfo::status` (a joining node takes writes but serves no reads yet; a leaving
+//!   node still serves reads); `ClusterStatusResponse::movement`.
 //!
 //! A change to any struct here is a change of the protocol version in [`crate::frame`]. A new
 //! opcode with new structs is not: a server that does not know the opcode answers
@@ -268,6 +270,22 @@ pub struct NodeInfo {
     pub shard_ports: Vec<u16>,
     /// The node's vnode tokens (see [`crate::placement`]).
     pub tokens: Vec<u64>,
+    /// Where the node is in its life in the ring.
+    pub status: NodeStatus,
+}
+
+/// A node's place in the ring, as the topology shows it (a node that has left is not listed).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum NodeStatus {
+    /// Streaming the data of the ranges it takes over: it receives writes for them, and
+    /// reads of them still go to the previous replicas.
+    Joining,
+    /// A full member: reads and writes.
+    Up,
+    /// Streaming its ranges away: it still serves reads, and writes go to it and to the
+    /// nodes taking its ranges over.
+    Leaving,
 }
 
 /// The cluster as one node sees it.
@@ -409,6 +427,17 @@ impl<E> Writer<E> for BodyWriter<'_> {
         self.out.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+/// `msg` archived, as a body without a frame header (for requests handed between a node's
+/// executors before they are framed).
+pub fn encode_body<T>(msg: &T) -> Result<Vec<u8>, MsgError>
+where
+    T: for<'a, 'v> Serialize<HighSerializer<BodyWriter<'v>, ArenaHandle<'a>, rancor::Error>>,
+{
+    let mut out = Vec::new();
+    write_frame(&mut out, Opcode::Ping, false, 0, msg)?;
+    Ok(out.split_off(FRAME_HEADER_BYTES))
 }
 
 /// Appends a frame whose body is `msg` archived: header, then body, then patches the length.
@@ -640,6 +669,7 @@ mod tests {
                 addr: "127.0.0.1:7000".into(),
                 shard_ports: vec![7001, 7002],
                 tokens: vec![1, 2, 3],
+                status: NodeStatus::Up,
             }],
         };
         let mut out = Vec::new();

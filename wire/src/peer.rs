@@ -12,6 +12,18 @@
 //! | PeerHello     | [`PeerHello`] Hello or Proof | [`PeerHello`] Challenge, or empty (Proof) |
 //! | ReplicaWrite  | [`ReplicaWriteRequest`] | empty                                     |
 //! | ReplicaRead   | [`ReplicaReadRequest`]  | [`ReplicaReadResponse`]                   |
+//! | StreamScan    | [`StreamScanRequest`]   | [`StreamScanResponse`]                    |
+//! | StreamApply   | [`StreamApplyRequest`]  | empty                                     |
+//! | Decommission  | empty                   | empty (started; progress in ClusterStatus) |
+//! | RemoveNode    | [`RemoveNodeRequest`]   | empty (started; progress in ClusterStatus) |
+//!
+//! ## Streaming
+//! When the ring changes, the nodes that gain a token range copy its data from a node that
+//! holds it, over the same authenticated replica links: `StreamScan` asks one shard of the
+//! source for a page of its keys whose tokens lie in a list of ranges (after a cursor key),
+//! and `StreamApply` hands a batch of versions to one shard of the receiver, which keeps each
+//! one only if it is newer than what it holds (the stamp decides, as for replica writes).
+//! Pages are bounded by [`STREAM_PAGE_KEYS_MAX`] keys and [`STREAM_PAGE_BYTES_MAX`] bytes.
 //!
 //! ## Replica links
 //! Replica copies travel between cluster cores on one long-lived, pipelined connection per
@@ -168,6 +180,23 @@ pub struct ClusterStatusResponse {
     pub replication_factor: u8,
     /// Every known node, sorted by id, the answering node included.
     pub members: Vec<MemberStatus>,
+    /// Where the range movement this node runs or last ran (join, decommission, removenode)
+    /// is.
+    pub movement_state: MovementState,
+    /// That movement's progress or outcome, one line; empty when it never ran one.
+    pub movement: String,
+}
+
+/// Where a node's range movement is.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum MovementState {
+    /// Never ran one.
+    Idle,
+    Running,
+    Done,
+    /// Stopped with an error (in the progress line); running the command again retries.
+    Failed,
 }
 
 /// The handshake of a replica link (see the module docs).
@@ -229,6 +258,72 @@ pub enum ReplicaVersion {
 #[rkyv(derive(Debug))]
 pub struct ReplicaReadResponse {
     pub version: ReplicaVersion,
+}
+
+/// Most keys one `StreamScan` page returns (a request asking for more gets this many).
+pub const STREAM_PAGE_KEYS_MAX: u32 = 4096;
+/// Most key and value bytes one `StreamScan` page returns, roughly (a single version larger
+/// than this still travels alone), and most bytes of versions in one `StreamApply`.
+pub const STREAM_PAGE_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// Most token ranges in one `StreamScan` (a node has at most `VNODES_MAX` tokens, and a
+/// gaining node takes at most one range per token of the ring's nodes).
+pub const STREAM_RANGES_MAX: usize = 1 << 20;
+
+/// One page of one shard's versions whose keys' tokens lie in `ranges`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamScanRequest {
+    /// The source node's shard to scan.
+    pub shard: u16,
+    /// Token ranges `(start, end]`, wrapping when `start >= end` (`start == end`: the whole
+    /// ring).
+    pub ranges: Vec<(u64, u64)>,
+    /// Resume after this key (`None`: from the first key).
+    pub after: Option<Vec<u8>>,
+    /// Keys per page at most (clamped to [`STREAM_PAGE_KEYS_MAX`]).
+    pub max_keys: u32,
+    /// Bytes per page, roughly (clamped to [`STREAM_PAGE_BYTES_MAX`]).
+    pub max_bytes: u32,
+}
+
+/// One stored version of a key, as streamed.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamEntry {
+    pub key: Vec<u8>,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub stamp: crate::msg::Stamp,
+    /// Absolute expiry in ms since the Unix epoch, 0 = never.
+    pub expires_at_ms: u64,
+}
+
+/// The answer to a [`StreamScanRequest`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamScanResponse {
+    /// Versions in key order, newest per key, tombstones included.
+    pub entries: Vec<StreamEntry>,
+    /// Ask again after this key; `None` when the shard has no more keys.
+    pub next: Option<Vec<u8>>,
+    /// Keys the page looked at (in the ranges or not), for progress.
+    pub examined: u64,
+}
+
+/// Versions for one shard of the receiving node.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamApplyRequest {
+    /// The receiver's shard that owns every key here (`shard_of(token, its shard count)`).
+    pub shard: u16,
+    pub entries: Vec<StreamEntry>,
+}
+
+/// Remove a dead node from the ring.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RemoveNodeRequest {
+    pub id: u64,
 }
 
 /// Domain tag of the replica-link handshake tag.

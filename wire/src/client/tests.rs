@@ -369,6 +369,7 @@ impl Fake {
                 addr: format!("127.0.0.1:{node_port}"),
                 shard_ports: shard_ports.clone(),
                 tokens: vnode_tokens(NodeId(1), 16).into_iter().map(|t| t.0).collect(),
+                status: crate::msg::NodeStatus::Up,
             }],
         };
         let state = Rc::new(State {
@@ -882,6 +883,7 @@ fn falls_back_to_the_next_replica_when_the_primary_is_down() {
                     addr: format!("127.0.0.1:{dead_port}"),
                     shard_ports: vec![dead_port, dead_port],
                     tokens: vnode_tokens(NodeId(2), 16).into_iter().map(|t| t.0).collect(),
+                    status: crate::msg::NodeStatus::Up,
                 },
             );
         }
@@ -1014,6 +1016,7 @@ fn a_timeout_moves_on_to_the_next_replica() {
                     addr: format!("127.0.0.1:{hole_port}"),
                     shard_ports: vec![hole_port, hole_port],
                     tokens: vnode_tokens(NodeId(2), 16).into_iter().map(|t| t.0).collect(),
+                    status: crate::msg::NodeStatus::Up,
                 },
             );
         }

@@ -1,0 +1,698 @@
+//! Range movement on the cluster core: a node joining streams the ranges it takes over, a
+//! node decommissioned streams its ranges away, and `kvs removenode` re-replicates a dead
+//! node's ranges from the survivors. What moves and from where is decided by
+//! [`crate::cluster::movement::plan`]; this module carries the plan out.
+//!
+//! ## How a join goes
+//! A node started for the first time with seeds (marked by [`BOOTSTRAP_MARKER`] in its data
+//! directory until the join completes, so a crash mid-join joins again) gossips as Joining.
+//! Once it has heard a peer it waits `ring_delay_ms`, so that every node knows it is joining
+//! and sends it the writes of the ranges it gains (coordinators write to the old and the new
+//! replicas while a node is Joining or Leaving, and need W more acknowledgements per pending
+//! replica: see `crate::shard`); then it plans the move from the ring of Up and Leaving nodes
+//! to that ring plus itself and copies every range it gains from one of the range's current
+//! replicas (the one losing the range first). Reads of those ranges keep going to the old
+//! replicas until the node announces Up, after the last range is in.
+//!
+//! ## Decommission and removenode
+//! `kvs decommission` (the `Decommission` request on the node port) makes the node Leaving; after
+//! `ring_delay_ms` it copies each of its ranges to the node that gains it, then announces Left
+//! and, after `ring_delay_ms` more, reports done: the process can be stopped. `kvs removenode
+//! ID` (on any live node) checks that the node is down, marks it Left on its behalf (gossip
+//! spreads the mark) and copies every range that gains a replica from a surviving replica. A
+//! range whose every old replica is unavailable cannot be copied and is reported.
+//!
+//! ## Copying a range
+//! For each shard of the source: `StreamScan` pages (the source's shard reads its engine in
+//! key order and keeps the keys whose token lies in the ranges), each page split by the
+//! target's shards (`shard_of(token, S)`) and applied there with `StreamApply`, which keeps
+//! every version only if newer than what the shard holds. Local sources and targets are
+//! called through the node's own shard channels, remote ones over the replica links. A
+//! source that fails is replaced by the range's next candidate and the copy starts over from
+//! that one (applying a version twice is harmless).
+//!
+//! ## Progress
+//! One line, in `kvs status` (ClusterStatus's `movement`): what runs, versions and bytes
+//! copied, streams done of all, and the outcome.
+//!
+//! ## Not yet
+//! A leaving node's old data stays on the nodes that lost a range to a joining node (no
+//! cleanup); Left nodes stay in gossip for good; one movement at a time per node, and the
+//! node refuses to decommission while another node is joining or leaving, but two nodes may
+//! join at once (each plans against the Up nodes only).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use kvs_wire::msg::{self, AlignedVec, NodeStatus, TopologyResponse};
+use kvs_wire::peer::{
+    ArchivedStreamScanResponse, MovementState, StreamApplyRequest, StreamEntry, StreamScanRequest,
+    StreamScanResponse,
+};
+use kvs_wire::placement::{shard_of, token_of, NodeId, Token};
+use kvs_wire::Opcode;
+
+use super::replica::ReplicaLinks;
+use super::GossipCore;
+use crate::cluster::gossip::Status;
+use crate::cluster::movement::{self, TokenRange};
+use crate::shard::ExecutorCtx;
+
+/// The file in a node's data directory that says a join has not completed.
+pub const BOOTSTRAP_MARKER: &str = "joining";
+/// Keys per `StreamScan` page.
+const PAGE_KEYS: u32 = 1024;
+/// How long one stream request may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A join that failed tries again after this long.
+const JOIN_RETRY: Duration = Duration::from_secs(5);
+
+/// What a mover needs, fixed at start.
+pub struct MoverSettings {
+    pub ring_delay: Duration,
+    pub gossip_interval: Duration,
+    /// Bytes per stream page.
+    pub page_bytes: u32,
+    /// The bootstrap marker's path (see [`BOOTSTRAP_MARKER`]).
+    pub marker: PathBuf,
+}
+
+/// One range to copy to `target`, with the nodes that can send it, preferred first.
+#[derive(Clone, Debug)]
+struct Work {
+    range: TokenRange,
+    target: NodeId,
+    sources: Vec<NodeId>,
+}
+
+/// Counters of the movement in progress.
+#[derive(Default)]
+struct Progress {
+    kind: &'static str,
+    phase: String,
+    started: Option<Instant>,
+    versions: u64,
+    bytes: u64,
+    streams_done: usize,
+    streams_total: usize,
+    /// The outcome once done or failed.
+    outcome: String,
+}
+
+/// Runs this node's range movements; lives on the cluster core.
+pub struct Mover {
+    me: NodeId,
+    settings: MoverSettings,
+    ctx: Weak<ExecutorCtx>,
+    core: Rc<GossipCore>,
+    links: Rc<ReplicaLinks>,
+    state: Cell<MovementState>,
+    progress: RefCell<Progress>,
+}
+
+impl Mover {
+    pub fn new(
+        me: NodeId,
+        settings: MoverSettings,
+        ctx: Weak<ExecutorCtx>,
+        core: Rc<GossipCore>,
+        links: Rc<ReplicaLinks>,
+    ) -> Rc<Mover> {
+        let mover = Rc::new(Mover {
+            me,
+            settings,
+            ctx,
+            core,
+            links,
+            state: Cell::new(MovementState::Idle),
+            progress: RefCell::new(Progress::default()),
+        });
+        mover.core.set_mover(&mover);
+        mover
+    }
+
+    /// Where the movement is.
+    pub fn state(&self) -> MovementState {
+        self.state.get()
+    }
+
+    /// The movement's one line of progress or outcome.
+    pub fn progress_line(&self) -> String {
+        let p = self.progress.borrow();
+        if p.kind.is_empty() {
+            return String::new();
+        }
+        let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let copied = format!(
+            "{} versions ({:.1} MiB) copied, {}/{} streams done",
+            p.versions,
+            p.bytes as f64 / (1u64 << 20) as f64,
+            p.streams_done,
+            p.streams_total
+        );
+        match self.state.get() {
+            MovementState::Idle => String::new(),
+            MovementState::Running => format!("{}: {} ({secs:.1} s); {copied}", p.kind, p.phase),
+            MovementState::Done => format!("{}: done; {copied}; {}", p.kind, p.outcome),
+            MovementState::Failed => format!("{}: failed: {}; {copied}", p.kind, p.outcome),
+        }
+    }
+
+    fn begin(&self, kind: &'static str) {
+        self.state.set(MovementState::Running);
+        *self.progress.borrow_mut() = Progress {
+            kind,
+            phase: "starting".into(),
+            started: Some(Instant::now()),
+            ..Progress::default()
+        };
+    }
+
+    fn phase(&self, phase: impl Into<String>) {
+        let phase = phase.into();
+        tracing::info!(kind = self.progress.borrow().kind, "{phase}");
+        self.progress.borrow_mut().phase = phase;
+    }
+
+    fn finish(&self, outcome: Result<String, String>) {
+        let kind = self.progress.borrow().kind;
+        let secs = self.progress.borrow().started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        match outcome {
+            Ok(note) => {
+                self.progress.borrow_mut().outcome = format!("{note} (in {secs:.1} s)");
+                self.state.set(MovementState::Done);
+                tracing::info!(kind, "{}", self.progress_line());
+            }
+            Err(e) => {
+                self.progress.borrow_mut().outcome = e;
+                self.state.set(MovementState::Failed);
+                tracing::warn!(kind, "{}", self.progress_line());
+            }
+        }
+    }
+
+    fn topology(&self) -> Option<std::sync::Arc<TopologyResponse>> {
+        self.ctx.upgrade().map(|c| c.topology())
+    }
+
+    /// Sleeps `d`; false when the node began to stop meanwhile.
+    async fn sleep(&self, d: Duration) -> bool {
+        let Some(ctx) = self.ctx.upgrade() else { return false };
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(d).await;
+                true
+            },
+            async {
+                ctx.shutdown.wait().await;
+                false
+            },
+        )
+        .await
+    }
+
+    /// Joins the ring (see the module docs); runs until the node is Up or stops.
+    pub async fn join(self: Rc<Self>) {
+        self.begin("join");
+        self.phase("waiting to hear from a seed");
+        while self.core.peers_heard() == 0 {
+            if !self.sleep(self.settings.gossip_interval).await {
+                return;
+            }
+        }
+        self.phase(format!(
+            "announced Joining; waiting ring_delay_ms ({:?}) for every node to hear",
+            self.settings.ring_delay
+        ));
+        if !self.sleep(self.settings.ring_delay).await {
+            return;
+        }
+        loop {
+            let Some(topology) = self.topology() else { return };
+            let (work, share) = join_work(&topology, self.me, &self.alive());
+            self.phase(format!(
+                "copying {} ranges ({share:.3} of the ring) from their replicas",
+                work.len()
+            ));
+            match self.copy_all(work).await {
+                Ok(()) => {
+                    if let Err(e) = remove_marker(&self.settings.marker) {
+                        // The join is complete; a marker left behind only makes the next
+                        // start join again (copying what it holds already).
+                        tracing::warn!("removing the bootstrap marker: {e}");
+                    }
+                    self.core.set_own_status(Status::Up);
+                    self.finish(Ok(format!("the node is Up; it gained {share:.3} of the ring")));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("join: {e}; trying again in {JOIN_RETRY:?}");
+                    self.phase(format!("retrying after: {e}"));
+                    if !self.sleep(JOIN_RETRY).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a decommission of this node, or says why not.
+    pub fn start_decommission(self: &Rc<Self>) -> Result<(), String> {
+        if self.state.get() == MovementState::Running {
+            return Err(format!("a {} is running on this node", self.progress.borrow().kind));
+        }
+        match self.core.own_status() {
+            Status::Up | Status::Leaving => {}
+            Status::Joining => return Err("the node is still joining".into()),
+            Status::Left => return Err("the node has already left the ring".into()),
+        }
+        let topology = self.topology().ok_or("the node is stopping")?;
+        if let Some(n) =
+            topology.nodes.iter().find(|n| n.id != self.me.0 && n.status != NodeStatus::Up)
+        {
+            return Err(format!(
+                "node {:016x} is {:?}: one node joins or leaves at a time",
+                n.id, n.status
+            ));
+        }
+        let remaining = topology.nodes.iter().filter(|n| n.id != self.me.0).count();
+        if remaining < usize::from(topology.replication_factor) {
+            return Err(format!(
+                "decommission would leave {remaining} nodes for replication factor {}: add a \
+                 node first",
+                topology.replication_factor
+            ));
+        }
+        self.begin("decommission");
+        glommio::spawn_local(self.clone().decommission()).detach();
+        Ok(())
+    }
+
+    async fn decommission(self: Rc<Self>) {
+        self.core.set_own_status(Status::Leaving);
+        self.phase(format!(
+            "announced Leaving; waiting ring_delay_ms ({:?}) for every node to hear",
+            self.settings.ring_delay
+        ));
+        if !self.sleep(self.settings.ring_delay).await {
+            return;
+        }
+        let Some(topology) = self.topology() else { return };
+        let (work, share) = leave_work(&topology, self.me, &self.alive());
+        self.phase(format!("copying {} ranges ({share:.3} of the ring) away", work.len()));
+        if let Err(e) = self.copy_all(work).await {
+            self.finish(Err(format!("{e}; the node stays Leaving: run decommission again")));
+            return;
+        }
+        self.core.set_own_status(Status::Left);
+        self.phase("announced Left; waiting ring_delay_ms for every node to hear");
+        if !self.sleep(self.settings.ring_delay).await {
+            return;
+        }
+        self.finish(Ok("the node has left the ring and can be stopped".into()));
+    }
+
+    /// Starts removing `id`, a dead node, or says why not.
+    pub fn start_remove(self: &Rc<Self>, id: NodeId) -> Result<(), String> {
+        if self.state.get() == MovementState::Running {
+            return Err(format!("a {} is running on this node", self.progress.borrow().kind));
+        }
+        let topology = self.topology().ok_or("the node is stopping")?;
+        // Plan against the ring that still holds the node, then mark it Left.
+        let (work, unstreamable, share) = remove_work(&topology, id, &self.alive());
+        self.core.remove_node(id)?;
+        self.begin("removenode");
+        glommio::spawn_local(self.clone().remove(id, work, unstreamable, share)).detach();
+        Ok(())
+    }
+
+    async fn remove(self: Rc<Self>, id: NodeId, work: Vec<Work>, unstreamable: usize, share: f64) {
+        self.phase(format!(
+            "marked {:016x} Left; copying {} ranges ({share:.3} of the ring) from the \
+             surviving replicas",
+            id.0,
+            work.len()
+        ));
+        match self.copy_all(work).await {
+            Ok(()) if unstreamable > 0 => self.finish(Err(format!(
+                "{unstreamable} ranges had no surviving replica to copy from (their data was \
+                 only on {:016x})",
+                id.0
+            ))),
+            Ok(()) => self.finish(Ok(format!("node {:016x} is removed", id.0))),
+            Err(e) => self.finish(Err(format!("{e}; run removenode again to retry"))),
+        }
+    }
+
+    fn alive(&self) -> Vec<u64> {
+        self.ctx.upgrade().map(|c| c.alive_nodes()).unwrap_or_default()
+    }
+
+    /// Copies every range of `work` to its target, from its first source that succeeds.
+    async fn copy_all(&self, work: Vec<Work>) -> Result<(), String> {
+        // Group by (target, first source): one pass over each source's shards per group.
+        let mut queue: Vec<Vec<Work>> = group(work);
+        self.progress.borrow_mut().streams_total = queue.len();
+        self.progress.borrow_mut().streams_done = 0;
+        while let Some(items) = queue.pop() {
+            let (Some(target), Some(source)) =
+                (items.first().map(|w| w.target), items.first().and_then(|w| w.sources.first()))
+            else {
+                continue;
+            };
+            let source = *source;
+            let ranges: Vec<TokenRange> = items.iter().map(|w| w.range).collect();
+            match self.copy(source, target, &ranges).await {
+                Ok(()) => self.progress.borrow_mut().streams_done += 1,
+                Err(e) => {
+                    tracing::warn!(
+                        source = format!("{:016x}", source.0),
+                        target = format!("{:016x}", target.0),
+                        "copying {} ranges failed: {e}",
+                        ranges.len()
+                    );
+                    let rest: Vec<Work> = items
+                        .into_iter()
+                        .map(|mut w| {
+                            w.sources.remove(0);
+                            w
+                        })
+                        .collect();
+                    if rest.iter().any(|w| w.sources.is_empty()) {
+                        return Err(format!(
+                            "copying to {:016x}: no source left (last: {:016x}: {e})",
+                            target.0, source.0
+                        ));
+                    }
+                    let regrouped = group(rest);
+                    self.progress.borrow_mut().streams_total += regrouped.len() - 1;
+                    queue.extend(regrouped);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `ranges` from `source` to `target`, shard by shard of the source.
+    async fn copy(
+        &self,
+        source: NodeId,
+        target: NodeId,
+        ranges: &[TokenRange],
+    ) -> Result<(), String> {
+        let topology = self.topology().ok_or("the node is stopping")?;
+        let shards_of = |id: NodeId| {
+            topology
+                .nodes
+                .iter()
+                .find(|n| n.id == id.0)
+                .map(|n| u16::try_from(n.shard_ports.len().max(1)).unwrap_or(u16::MAX))
+                .ok_or_else(|| format!("node {:016x} is not in the topology", id.0))
+        };
+        let (source_shards, target_shards) = (shards_of(source)?, shards_of(target)?);
+        let wire_ranges: Vec<(u64, u64)> = ranges.iter().map(|r| (r.start.0, r.end.0)).collect();
+        for shard in 0..source_shards {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let req = StreamScanRequest {
+                    shard,
+                    ranges: wire_ranges.clone(),
+                    after: after.clone(),
+                    max_keys: PAGE_KEYS,
+                    max_bytes: self.settings.page_bytes,
+                };
+                let body = msg::encode_body(&req).map_err(|e| format!("encoding: {e}"))?;
+                let answer = self.call(source, shard, Opcode::StreamScan, body).await?;
+                let page: StreamScanResponse = msg::access::<ArchivedStreamScanResponse>(&answer)
+                    .and_then(msg::to_owned)
+                    .map_err(|e| format!("node {:016x} sent a bad page: {e}", source.0))?;
+                self.apply(target, target_shards, page.entries).await?;
+                match page.next {
+                    None => break,
+                    Some(next) => {
+                        if after.as_ref().is_some_and(|a| next <= *a) {
+                            return Err(format!(
+                                "node {:016x} shard {shard}: the scan did not advance",
+                                source.0
+                            ));
+                        }
+                        after = Some(next);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one page's versions on `target`, split by its shards.
+    async fn apply(
+        &self,
+        target: NodeId,
+        target_shards: u16,
+        entries: Vec<StreamEntry>,
+    ) -> Result<(), String> {
+        let mut by_shard: BTreeMap<u16, Vec<StreamEntry>> = BTreeMap::new();
+        for e in entries {
+            let shard = shard_of(token_of(&e.key), target_shards).0;
+            by_shard.entry(shard).or_default().push(e);
+        }
+        for (shard, entries) in by_shard {
+            let count = entries.len() as u64;
+            let bytes: u64 = entries
+                .iter()
+                .map(|e| (e.key.len() + e.value.as_ref().map_or(0, Vec::len)) as u64)
+                .sum();
+            let body = msg::encode_body(&StreamApplyRequest { shard, entries })
+                .map_err(|e| format!("encoding: {e}"))?;
+            self.call(target, shard, Opcode::StreamApply, body).await?;
+            let mut p = self.progress.borrow_mut();
+            p.versions += count;
+            p.bytes += bytes;
+        }
+        Ok(())
+    }
+
+    /// One stream request to `shard` of `node`: through this node's shard channels when it
+    /// is this node, over the replica link otherwise.
+    async fn call(
+        &self,
+        node: NodeId,
+        shard: u16,
+        opcode: Opcode,
+        body: Vec<u8>,
+    ) -> Result<AlignedVec, String> {
+        if node == self.me {
+            let ctx = self.ctx.upgrade().ok_or("the node is stopping")?;
+            let mut aligned = AlignedVec::with_capacity(body.len());
+            aligned.extend_from_slice(&body);
+            ctx.call_shard(usize::from(shard), opcode, aligned, CALL_TIMEOUT).await
+        } else {
+            self.links.call(node, opcode, body, CALL_TIMEOUT).await
+        }
+    }
+}
+
+/// Groups work by (target, first source).
+fn group(work: Vec<Work>) -> Vec<Vec<Work>> {
+    let mut groups: BTreeMap<(u64, u64), Vec<Work>> = BTreeMap::new();
+    for w in work {
+        let first = w.sources.first().map_or(0, |s| s.0);
+        groups.entry((w.target.0, first)).or_default().push(w);
+    }
+    groups.into_values().collect()
+}
+
+fn members(
+    topology: &TopologyResponse,
+    keep: impl Fn(&kvs_wire::msg::NodeInfo) -> bool,
+) -> Vec<(NodeId, Vec<Token>)> {
+    topology
+        .nodes
+        .iter()
+        .filter(|n| keep(n))
+        .map(|n| (NodeId(n.id), n.tokens.iter().map(|t| Token(*t)).collect()))
+        .collect()
+}
+
+fn unavailable(topology: &TopologyResponse, alive: &[u64]) -> Vec<NodeId> {
+    topology
+        .nodes
+        .iter()
+        .filter(|n| alive.binary_search(&n.id).is_err())
+        .map(|n| NodeId(n.id))
+        .collect()
+}
+
+fn is_reader(n: &kvs_wire::msg::NodeInfo) -> bool {
+    matches!(n.status, NodeStatus::Up | NodeStatus::Leaving)
+}
+
+/// What `me` copies to itself to join: the ranges it gains going from the ring of Up and
+/// Leaving nodes to that ring plus itself; and the share of the ring it gains.
+fn join_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Work>, f64) {
+    let old = members(topology, |n| n.id != me.0 && is_reader(n));
+    if old.is_empty() {
+        return (Vec::new(), 0.0);
+    }
+    let mut new = old.clone();
+    new.extend(members(topology, |n| n.id == me.0));
+    let n = usize::from(topology.replication_factor.max(1));
+    let mut down = unavailable(topology, alive);
+    down.retain(|d| *d != me);
+    let plan = movement::plan(&old, &new, n, &down);
+    let work = plan
+        .moves
+        .iter()
+        .flat_map(|m| {
+            m.streams.iter().filter(|s| s.to == me).map(|s| Work {
+                range: m.range,
+                target: s.to,
+                sources: s.from.clone(),
+            })
+        })
+        .collect();
+    (work, plan.gained_share(me))
+}
+
+/// What `me` copies away to leave: every range that gains a replica going from the ring of
+/// Up and Leaving nodes to that ring without `me`, from `me` first; and the share that moves.
+fn leave_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Work>, f64) {
+    let old = members(topology, is_reader);
+    let new = members(topology, |n| n.id != me.0 && is_reader(n));
+    let n = usize::from(topology.replication_factor.max(1));
+    let mut down = unavailable(topology, alive);
+    down.retain(|d| *d != me);
+    let plan = movement::plan(&old, &new, n, &down);
+    let work = plan
+        .moves
+        .iter()
+        .flat_map(|m| {
+            m.streams.iter().map(|s| {
+                let mut sources = s.from.clone();
+                // This node holds every range it loses: send from here first.
+                sources.retain(|x| *x != me);
+                sources.insert(0, me);
+                Work { range: m.range, target: s.to, sources }
+            })
+        })
+        .collect();
+    (work, plan.changed_share)
+}
+
+/// What re-replicates the ranges of `dead`: every range that gains a replica going from the
+/// ring of Up and Leaving nodes to that ring without `dead`, from surviving replicas; the
+/// number of ranges no survivor holds; and the share that moves.
+fn remove_work(
+    topology: &TopologyResponse,
+    dead: NodeId,
+    alive: &[u64],
+) -> (Vec<Work>, usize, f64) {
+    let old = members(topology, is_reader);
+    let new = members(topology, |n| n.id != dead.0 && is_reader(n));
+    let n = usize::from(topology.replication_factor.max(1));
+    let mut down = unavailable(topology, alive);
+    if !down.contains(&dead) {
+        down.push(dead);
+    }
+    let plan = movement::plan(&old, &new, n, &down);
+    let work = plan
+        .moves
+        .iter()
+        .flat_map(|m| {
+            m.streams.iter().map(|s| Work { range: m.range, target: s.to, sources: s.from.clone() })
+        })
+        .collect();
+    (work, plan.unstreamable.len(), plan.changed_share)
+}
+
+/// Writes the bootstrap marker (fsynced with its directory).
+pub fn write_marker(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn remove_marker(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvs_wire::msg::NodeInfo;
+    use kvs_wire::placement::vnode_tokens;
+
+    fn topology(nodes: &[(u64, NodeStatus)]) -> TopologyResponse {
+        TopologyResponse {
+            version: 1,
+            self_id: nodes[0].0,
+            replication_factor: 3,
+            nodes: nodes
+                .iter()
+                .map(|(id, status)| NodeInfo {
+                    id: *id,
+                    addr: format!("127.0.0.{id}:7000"),
+                    shard_ports: vec![7001, 7002],
+                    tokens: vnode_tokens(NodeId(*id), 32).into_iter().map(|t| t.0).collect(),
+                    status: *status,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_joining_node_copies_what_it_gains_and_a_leaving_one_sends_from_itself() {
+        use NodeStatus::*;
+        let alive = [1, 2, 3, 4];
+        let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Joining)]);
+        let (work, share) = join_work(&t, NodeId(4), &alive);
+        assert!(!work.is_empty());
+        assert!((0.6..0.9).contains(&share), "N=3 of 4 nodes: about 3/4, got {share}");
+        assert!(work.iter().all(|w| w.target == NodeId(4) && !w.sources.contains(&NodeId(4))));
+        // Nobody Up yet: nothing to copy.
+        let t = topology(&[(1, Joining), (2, Joining)]);
+        assert!(join_work(&t, NodeId(1), &[1, 2]).0.is_empty());
+
+        let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Leaving)]);
+        let (work, _) = leave_work(&t, NodeId(4), &alive);
+        assert!(!work.is_empty());
+        assert!(work.iter().all(|w| w.sources[0] == NodeId(4) && w.target != NodeId(4)));
+    }
+
+    #[test]
+    fn removing_a_dead_node_never_reads_from_it() {
+        use NodeStatus::*;
+        let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Up)]);
+        let (work, unstreamable, share) = remove_work(&t, NodeId(4), &[1, 2, 3]);
+        assert_eq!(unstreamable, 0);
+        assert!(share > 0.5);
+        assert!(work.iter().all(|w| !w.sources.is_empty() && !w.sources.contains(&NodeId(4))));
+        assert!(work.iter().all(|w| w.target != NodeId(4)));
+    }
+
+    #[test]
+    fn work_is_grouped_by_target_and_first_source() {
+        let w = |t: u64, s: &[u64]| Work {
+            range: TokenRange { start: Token(t), end: Token(t + 1) },
+            target: NodeId(t),
+            sources: s.iter().map(|x| NodeId(*x)).collect(),
+        };
+        let groups = group(vec![w(1, &[2, 3]), w(1, &[2, 4]), w(1, &[3]), w(2, &[3])]);
+        assert_eq!(groups.len(), 3);
+        assert!(groups.iter().any(|g| g.len() == 2));
+    }
+}
