@@ -80,6 +80,8 @@ pub enum Command {
         #[arg(long, default_value_t = 86_400)]
         wait_s: u64,
         #[command(flatten)]
+        cluster: ClusterKeyArgs,
+        #[command(flatten)]
         conn: ConnArgs,
     },
     /// Remove a dead node (its 16-hex-digit id, from `kvs status`) from the ring: the node at
@@ -91,6 +93,8 @@ pub enum Command {
         /// Give up following the progress after this long, s (the removal goes on).
         #[arg(long, default_value_t = 86_400)]
         wait_s: u64,
+        #[command(flatten)]
+        cluster: ClusterKeyArgs,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -573,10 +577,12 @@ pub fn run() -> i32 {
                 }
             }
         }
-        Command::Decommission { wait_s, conn } => movement_command(&conn, None, wait_s),
-        Command::Removenode { id, wait_s, conn } => {
+        Command::Decommission { wait_s, cluster, conn } => {
+            movement_command(&conn, &cluster, None, wait_s)
+        }
+        Command::Removenode { id, wait_s, cluster, conn } => {
             match u64::from_str_radix(&id, 16).ok().filter(|_| id.len() == 16) {
-                Some(id) => movement_command(&conn, Some(id), wait_s),
+                Some(id) => movement_command(&conn, &cluster, Some(id), wait_s),
                 None => {
                     eprintln!("error: {id:?} is not a node id (16 hex digits, see kvs status)");
                     2
@@ -679,11 +685,52 @@ pub fn run() -> i32 {
 }
 
 /// Runs one client command on a single glommio executor and maps its outcome to an exit code.
+/// The cluster's name and secret, which requests that change the ring must prove.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterKeyArgs {
+    /// The cluster's name [default: kvs].
+    #[arg(long, default_value = "kvs")]
+    pub cluster_name: String,
+    /// The cluster secret (visible in the process list; prefer --cluster-secret-file).
+    #[arg(long)]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (trailing newline removed).
+    #[arg(long)]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
+}
+
 /// Runs a decommission or removenode and follows it (see `status_report::run_movement`).
-fn movement_command(conn: &ConnArgs, remove: Option<u64>, wait_s: u64) -> i32 {
+fn movement_command(
+    conn: &ConnArgs,
+    cluster: &ClusterKeyArgs,
+    remove: Option<u64>,
+    wait_s: u64,
+) -> i32 {
+    let config = NodeConfig {
+        cluster_name: cluster.cluster_name.clone(),
+        cluster_secret: cluster.cluster_secret.clone(),
+        cluster_secret_file: cluster.cluster_secret_file.clone(),
+        ..NodeConfig::default()
+    };
+    let secret = match config.cluster_secret_bytes() {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => {
+            eprintln!(
+                "error: give the cluster secret (--cluster-secret-file F): a request that \
+                 changes the ring must prove it"
+            );
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let key = kvs_wire::peer::ClusterKey::derive(&cluster.cluster_name, &secret);
     let mut out = std::io::stdout().lock();
     match crate::status_report::run_movement(
         &conn.addr,
+        (&key, &cluster.cluster_name),
         remove,
         Duration::from_millis(conn.timeout_ms),
         Duration::from_secs(1),

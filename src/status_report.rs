@@ -106,20 +106,24 @@ fn request_with(
 /// `wait` has passed (Err).
 pub fn run_movement(
     addr: &str,
+    (key, cluster_name): (&kvs_wire::peer::ClusterKey, &str),
     remove: Option<u64>,
     timeout: Duration,
     poll: Duration,
     wait: Duration,
     out: &mut dyn Write,
 ) -> Result<String, String> {
-    match remove {
-        None => request(addr, Opcode::Decommission, timeout)?,
-        Some(id) => {
-            let body = msg::encode_body(&kvs_wire::peer::RemoveNodeRequest { id })
-                .map_err(|e| e.to_string())?;
-            request_with(addr, Opcode::RemoveNode, &body, timeout)?
-        }
+    let (opcode, target) = match remove {
+        None => (Opcode::Decommission, 0),
+        Some(id) => (Opcode::RemoveNode, id),
     };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let nonce = rand::random::<u64>();
+    let req = kvs_wire::peer::AdminRequest::new(key, opcode, cluster_name, target, now_ms, nonce);
+    let body = msg::encode_body(&req).map_err(|e| e.to_string())?;
+    request_with(addr, opcode, &body, timeout)?;
     let deadline = std::time::Instant::now() + wait;
     let mut last = String::new();
     loop {
@@ -231,14 +235,17 @@ fn state_name(s: PeerStatus) -> &'static str {
         PeerStatus::Up => "up",
         PeerStatus::Leaving => "leaving",
         PeerStatus::Left => "left",
+        PeerStatus::Removing => "removing",
     }
 }
 
 impl StatusReport {
     pub fn new(s: &ClusterStatusResponse) -> StatusReport {
         let in_ring = |m: &kvs_wire::peer::MemberStatus| {
-            matches!(m.status, PeerStatus::Joining | PeerStatus::Up | PeerStatus::Leaving)
-                && m.heartbeat.generation > 0
+            matches!(
+                m.status,
+                PeerStatus::Joining | PeerStatus::Up | PeerStatus::Leaving | PeerStatus::Removing
+            ) && m.heartbeat.generation > 0
         };
         let ring = Ring::new(
             s.members

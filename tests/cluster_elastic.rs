@@ -32,6 +32,8 @@ use serde_json::Value;
 use support::{kvs, local_get, members, on_executor, port_free_on_hosts, wait_for, Server};
 
 const SECRET: &str = "4f1d0c9e8b7a69584736251403f2e1d0";
+/// The flags that prove the cluster key to `kvs decommission` and `kvs removenode`.
+const KEY: &[&str] = &["--cluster-name", "elastic", "--cluster-secret", SECRET];
 
 fn node_args<'a>(shards: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
@@ -287,7 +289,23 @@ fn three_to_four_to_three_under_load_loses_nothing() {
     replicas_hold(&four, &ring4, &sample);
 
     // Shrink: decommission node 4 with the CLI, which follows it to the end.
-    let out = kvs(&["decommission", "--addr", &n4.addr, "--timeout-ms", "3000"], None);
+    // Without the cluster's secret the request is refused.
+    let refused = kvs(
+        &[
+            "decommission",
+            "--addr",
+            &n4.addr,
+            "--cluster-name",
+            "elastic",
+            "--cluster-secret",
+            "wrong",
+        ],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bad cluster secret"));
+    let out =
+        kvs(&[&["decommission", "--addr", &n4.addr, "--timeout-ms", "3000"], KEY].concat(), None);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("kvs decommission:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "decommission failed: {text}");
@@ -369,11 +387,14 @@ fn removenode_re_replicates_a_dead_nodes_ranges() {
         (members(&s).get(&dead)?.1 == "down").then_some(())
     });
     // Refused for a live node.
-    let refused = kvs(&["removenode", &n2.node_id, "--addr", &n1.addr], None);
+    let refused = kvs(&[&["removenode", &n2.node_id, "--addr", &n1.addr], KEY].concat(), None);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not down"));
 
-    let out = kvs(&["removenode", &dead, "--addr", &n1.addr, "--timeout-ms", "3000"], None);
+    let out = kvs(
+        &[&["removenode", &dead, "--addr", &n1.addr, "--timeout-ms", "3000"], KEY].concat(),
+        None,
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("kvs removenode:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "removenode failed: {text}");

@@ -489,15 +489,30 @@ impl Engine {
         // (up to the limit) and the table list is cloned before the first await, so a flush
         // or a compaction that commits during the page cannot hide a version from it. The
         // `Rc`s keep the readers of tables compacted meanwhile open (see "Scans").
+        // Each source after the first reads only up to the page's bound so far (the smallest
+        // last key of a cut source): what lies past it would be thrown away, so a page reads
+        // about one page of data in all, not one per table.
         let mut runs: Vec<ScanRun> = Vec::new();
-        runs.push(limit.take_memtable(&self.memtable.borrow(), after));
+        let mut bound: Option<Vec<u8>> = None;
+        let add = |run: ScanRun, bound: &mut Option<Vec<u8>>, runs: &mut Vec<ScanRun>| {
+            if let Some(k) = run.covered_through() {
+                if bound.as_deref().is_none_or(|b| k < b) {
+                    *bound = Some(k.to_vec());
+                }
+            }
+            runs.push(run);
+        };
+        let run = limit.take_memtable(&self.memtable.borrow(), after, bound.as_deref());
+        add(run, &mut bound, &mut runs);
         if let Some((imm, _)) = &*self.immutable.borrow() {
-            runs.push(limit.take_memtable(imm, after));
+            let run = limit.take_memtable(imm, after, bound.as_deref());
+            add(run, &mut bound, &mut runs);
         }
         let tables: Vec<Rc<SstableReader>> =
             self.tables.borrow().iter().map(|t| Rc::clone(&t.reader)).collect();
         for table in &tables {
-            runs.push(limit.take_table(table, after).await?);
+            let run = limit.take_table(table, after, bound.as_deref()).await?;
+            add(run, &mut bound, &mut runs);
         }
         Ok(reconcile_page(runs, keep))
     }
@@ -885,11 +900,20 @@ impl ScanLimit {
         keys >= self.keys_max || bytes >= self.bytes_max
     }
 
-    /// Copies a memtable's entries after `after` up to the limit (synchronous).
-    fn take_memtable(&self, memtable: &Memtable, after: Option<&[u8]>) -> ScanRun {
+    /// Copies a memtable's entries after `after` up to the limit or past `bound` (a source
+    /// stopped by the bound covers everything up to it: not cut) (synchronous).
+    fn take_memtable(
+        &self,
+        memtable: &Memtable,
+        after: Option<&[u8]>,
+        bound: Option<&[u8]>,
+    ) -> ScanRun {
         let mut run = ScanRun { entries: Vec::new(), cut: false };
         let mut bytes = 0usize;
         for (key, entry) in memtable.iter_after(after) {
+            if bound.is_some_and(|b| key > b) {
+                break;
+            }
             if self.reached(run.entries.len(), bytes) {
                 run.cut = true;
                 break;
@@ -906,7 +930,11 @@ impl ScanLimit {
         &self,
         table: &SstableReader,
         after: Option<&[u8]>,
+        bound: Option<&[u8]>,
     ) -> Result<ScanRun, ShardError> {
+        if bound.is_some_and(|b| table.min_key() > b) {
+            return Ok(ScanRun { entries: Vec::new(), cut: false });
+        }
         let mut run = ScanRun { entries: Vec::new(), cut: false };
         let mut bytes = 0usize;
         // Read ahead about what the page may take, not a whole `SCAN_READ_BYTES`: every page
@@ -914,6 +942,9 @@ impl ScanLimit {
         let read_ahead_bytes = u64::try_from(self.bytes_max).unwrap_or(u64::MAX);
         let mut iter = table.iter_after(after).with_read_ahead_bytes(read_ahead_bytes);
         while let Some(found) = iter.next().await? {
+            if bound.is_some_and(|b| found.key.as_slice() > b) {
+                break;
+            }
             if self.reached(run.entries.len(), bytes) {
                 run.cut = true;
                 break;

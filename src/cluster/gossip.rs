@@ -137,6 +137,9 @@ pub enum Status {
     Up,
     /// Handing its ranges away (decommission).
     Leaving,
+    /// Dead, and its ranges are being re-replicated by `kvs removenode` (set on its behalf);
+    /// placed like Leaving.
+    Removing,
     /// Gone for good; no longer a gossip target.
     Left,
 }
@@ -207,11 +210,22 @@ impl Status {
         match self {
             Status::Joining => 0,
             Status::Up => 1,
-            Status::Leaving => 2,
+            Status::Leaving | Status::Removing => 2,
             Status::Left => 3,
         }
     }
+
+    /// A status another node sets on a dead node's behalf (removenode), or the last one: never
+    /// a sign of life.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Removing | Status::Left)
+    }
 }
+
+/// How far a mark made on a dead node's behalf ([`Membership::mark_removed`]) moves its
+/// heartbeat version: far past anything the node itself announced, so the mark wins the
+/// merge everywhere even where a later heartbeat of the node arrived than the marker saw.
+pub const REMOVAL_VERSION_BUMP: u64 = 1 << 32;
 
 impl NodeState {
     /// This state's term in [`Membership::topology_version`]; 0 for an unheard seed.
@@ -325,20 +339,24 @@ impl Membership {
         me.heartbeat.version += 1;
     }
 
-    /// Marks `id`, a node that is down, Left on its behalf (`kvs removenode`): its state with
-    /// the next heartbeat version, so the mark wins the merge on every node. A node that
-    /// comes back restarts with a larger generation and rejoins.
-    pub fn remove_node(&mut self, id: NodeId) -> Result<(), String> {
+    /// Marks `id`, a node that is down, Removing or Left on its behalf (`kvs removenode`):
+    /// its state with the heartbeat version moved by [`REMOVAL_VERSION_BUMP`], so the mark
+    /// wins the merge on every node; a final status never feeds a failure detector. A node
+    /// that comes back restarts with a larger generation and rejoins.
+    pub fn mark_removed(&mut self, id: NodeId, status: Status) -> Result<(), String> {
         if id == self.me {
             return Err("a node cannot remove itself; use decommission".into());
+        }
+        if !status.is_final() {
+            return Err(format!("{status:?} is not a removal mark"));
         }
         let i = self.find(id).map_err(|_| format!("node {:016x} is not known", id.0))?;
         let e = &mut self.entries[i];
         if e.state.heartbeat == Heartbeat::default() {
             return Err(format!("node {:016x} was never heard from", id.0));
         }
-        e.state.status = Status::Left;
-        e.state.heartbeat.version += 1;
+        e.state.status = status;
+        e.state.heartbeat.version = e.state.heartbeat.version.saturating_add(REMOVAL_VERSION_BUMP);
         Ok(())
     }
 
@@ -534,14 +552,18 @@ impl Membership {
             match found {
                 Ok(i) => {
                     let e = &mut self.entries[i];
-                    if s.heartbeat <= e.state.heartbeat {
+                    // Newer heartbeat wins; at an equal one the later status does (so two
+                    // marks of a dead node made at once converge).
+                    let newer =
+                        (s.heartbeat, s.status.rank()) > (e.state.heartbeat, e.state.status.rank());
+                    if !newer {
                         continue;
                     }
                     let restarted = s.heartbeat.generation != e.state.heartbeat.generation;
                     e.state = s.clone();
                     match &mut e.arrivals {
-                        // A Left mark (removenode) is not a sign of life.
-                        _ if s.status == Status::Left && !restarted => {}
+                        // A removal mark or a Left state is not a sign of life.
+                        _ if s.status.is_final() && !restarted => {}
                         Some(a) if !restarted => a.heartbeat(now_ms, &self.options.phi),
                         slot => *slot = Some(ArrivalWindow::new(now_ms, &self.options.phi)),
                     }
@@ -551,7 +573,9 @@ impl Membership {
                         self.rejected += 1;
                         continue;
                     }
-                    let arrivals = Some(ArrivalWindow::new(now_ms, &self.options.phi));
+                    // A node first heard of in a final status is not heard alive.
+                    let arrivals = (!s.status.is_final())
+                        .then(|| ArrivalWindow::new(now_ms, &self.options.phi));
                     self.entries.insert(i, Entry { state: s.clone(), arrivals });
                 }
             }
@@ -668,12 +692,21 @@ mod tests {
         }
         exchange(&mut a, &mut c, 0);
         exchange(&mut a, &mut b, 10);
-        assert!(a.remove_node(NodeId(1)).is_err(), "not itself");
-        assert!(a.remove_node(NodeId(9)).is_err(), "not an unknown node");
+        assert!(a.mark_removed(NodeId(1), Status::Left).is_err(), "not itself");
+        assert!(a.mark_removed(NodeId(9), Status::Left).is_err(), "not an unknown node");
+        assert!(a.mark_removed(NodeId(3), Status::Up).is_err(), "only final statuses");
+        // Node 3 heartbeats once more, and b hears it but a does not: a's mark still wins.
+        c.tick(15, &mut StdRng::seed_from_u64(1));
+        exchange(&mut c, &mut b, 15);
         let before = a.topology_version();
-        a.remove_node(NodeId(3)).unwrap();
+        a.mark_removed(NodeId(3), Status::Removing).unwrap();
         assert!(a.topology_version() > before);
         exchange(&mut a, &mut b, 20);
+        assert_eq!(b.state(NodeId(3)).unwrap().status, Status::Removing);
+        // A mark is not a heartbeat: b's detector still sees node 3 silent since 15.
+        assert_eq!(b.arrivals(NodeId(3)).unwrap().last_ms(), 15);
+        a.mark_removed(NodeId(3), Status::Left).unwrap();
+        exchange(&mut a, &mut b, 25);
         assert_eq!(b.state(NodeId(3)).unwrap().status, Status::Left);
         // The removed node restarts: a larger generation wins over the mark.
         let mut c2 = node(3, 2);

@@ -95,10 +95,17 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         .map_err(io_err("resolving data directory", &config.data_dir))?;
     let data_dir = config.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
-    let first_start = !data_dir.join("node-id").exists();
+    let seeds = config.seed_addrs()?;
+    // A node's first start with seeds is a join: it stays Joining until it has copied the
+    // ranges it takes over (transport::stream). The marker is written before the node id, so
+    // a start that fails after making the id (a bad flag, a busy port) still joins next time,
+    // and a crash mid-join joins again.
+    let marker = data_dir.join(BOOTSTRAP_MARKER);
+    if !data_dir.join("node-id").exists() && !seeds.is_empty() {
+        write_marker(&marker).map_err(io_err("creating", &marker))?;
+    }
     let node_id = load_or_create_node_id(&data_dir)?;
     let generation = next_generation(&data_dir)?;
-    let seeds = config.seed_addrs()?;
     let mut secret = config.cluster_secret_bytes()?;
     if secret.is_empty() {
         // No secret: a node on its own (validate() refuses seeds without one). A random key
@@ -138,13 +145,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
     let meta = NodeMeta { shard_ports: Arc::from(shard_ports.clone()), token_count: config.vnodes };
     let mut membership =
         Membership::new(NodeId(node_id), node_addr, generation, meta, gossip_options);
-    // A node's first start with seeds is a join: it stays Joining until it has copied the
-    // ranges it takes over (transport::stream); the marker makes a crash mid-join join again.
     // Every other start serves its ranges at once.
-    let marker = data_dir.join(BOOTSTRAP_MARKER);
-    if first_start && !seeds.is_empty() {
-        write_marker(&marker).map_err(io_err("creating", &marker))?;
-    }
     let joining = !seeds.is_empty() && marker.exists();
     if !joining {
         membership.set_status(Status::Up);
@@ -178,6 +179,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         connection_inflight_max: config.connection_inflight_max,
         connections_max: config.connections_max,
         replica_timeout_ms: config.replica_timeout_ms,
+        ring_delay_ms: config.ring_delay_ms,
         standalone: config.seeds.is_empty(),
     };
 

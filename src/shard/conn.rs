@@ -189,6 +189,25 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
             let Some(avail) = buf.get(start..) else { break };
             let header = match FrameHeader::decode(avail, peer_body_max) {
                 // Only node-to-node frames may use the larger bound.
+                // Replica and stream requests need an authenticated link: refused on the
+                // header, before a large body is buffered.
+                Ok(h)
+                    if h.body_len > body_max
+                        && needs_link(h.opcode)
+                        && !matches!(out.peer_auth.get(), PeerAuth::Authenticated { .. }) =>
+                {
+                    bump(&ctx.counters.invalid_frames);
+                    out.push_error(
+                        h.request_id,
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "{:?} refused: replica requests need a connection to the node-level \
+                             port authenticated with the cluster key (PeerHello); closing",
+                            h.opcode
+                        ),
+                    );
+                    break 'conn;
+                }
                 Ok(h) if h.body_len > body_max && !is_peer_opcode(h.opcode) => {
                     bump(&ctx.counters.invalid_frames);
                     let e = FrameError::TooLarge { len: h.body_len, max: body_max };
@@ -262,6 +281,14 @@ fn is_peer_opcode(op: Opcode) -> bool {
     matches!(
         op,
         Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ReplicaWrite | Opcode::StreamApply
+    )
+}
+
+/// The requests served only on an authenticated replica link.
+fn needs_link(op: Opcode) -> bool {
+    matches!(
+        op,
+        Opcode::ReplicaWrite | Opcode::ReplicaRead | Opcode::StreamScan | Opcode::StreamApply
     )
 }
 

@@ -460,7 +460,11 @@ impl ExecutorCtx {
     /// (not asked); dropped when its channel is full (read repair catches those up).
     fn hint_down(&self, replicas: &[Replica], remote: &[u8]) {
         let core = usize::from(self.settings.shard_count);
-        for r in replicas.iter().filter(|r| !r.alive) {
+        let topology = self.topology();
+        // A node that has left (written to only while others may still read from it) gets
+        // no hints.
+        let in_ring = |r: &&Replica| topology.nodes.iter().any(|n| n.id == r.node.0);
+        for r in replicas.iter().filter(|r| !r.alive).filter(in_ring) {
             if let Some(Some(peer)) = self.peers.get(core) {
                 let msg = ShardMsg::Hint { target: r.node, body: remote.to_vec() };
                 if peer.try_send(msg).is_err() {

@@ -190,6 +190,9 @@ pub struct ShardSettings {
     pub connections_max: usize,
     /// How long a coordinator waits for remote replicas, ms.
     pub replica_timeout_ms: u64,
+    /// How long writes still go to the replicas of a read ring that was just replaced, ms
+    /// (the node's `ring_delay_ms`).
+    pub ring_delay_ms: u64,
     /// The node was started without seeds: while its ring holds only itself it is a
     /// single-node store (effective N of 1). A node with seeds never is: before it has heard
     /// from its peers, quorum requests are `Unavailable` rather than served by one copy.
@@ -229,6 +232,13 @@ struct Placement {
     /// The ring writes go to as well while a node joins or leaves: Joining and Up nodes.
     /// `None` when it is the read ring (nobody moving).
     pending_ring: Option<Ring>,
+    /// The ids of the read ring's nodes, sorted.
+    readers: Vec<u64>,
+    /// The read ring of an earlier placement, kept for `ring_delay_ms` after the read ring
+    /// changed (a node became Up or Left): coordinators that have not heard of the change yet
+    /// still read from it, so writes go to its replicas too (with one more acknowledgement
+    /// each) until every node has heard. With the topology it came from, for addresses.
+    previous: Option<(Ring, Arc<TopologyResponse>, std::time::Instant)>,
     /// The effective N and the default consistencies. N is the configured replication factor,
     /// except on a standalone node (no seeds) whose ring holds only itself, where it is 1: one
     /// node on defaults serves quorum requests. Otherwise a ring with fewer nodes than N has
@@ -249,6 +259,13 @@ impl Placement {
             )
         };
         let read_ring = ring_of(&|s| matches!(s, NodeStatus::Up | NodeStatus::Leaving));
+        let mut readers: Vec<u64> = topology
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.status, NodeStatus::Up | NodeStatus::Leaving))
+            .map(|n| n.id)
+            .collect();
+        readers.sort_unstable();
         let moving = topology.nodes.iter().any(|n| n.status != NodeStatus::Up);
         let pending_ring =
             moving.then(|| ring_of(&|s| matches!(s, NodeStatus::Joining | NodeStatus::Up)));
@@ -258,7 +275,15 @@ impl Placement {
             topology.replication_factor.max(1)
         };
         let quorum = QuorumOptions::with_replication_factor(n);
-        Placement { topology, read_ring, pending_ring, quorum }
+        Placement { topology, read_ring, readers, previous: None, pending_ring, quorum }
+    }
+
+    /// The earlier read ring while it is still kept.
+    fn previous_ring(&self) -> Option<&Ring> {
+        self.previous
+            .as_ref()
+            .filter(|(_, _, until)| std::time::Instant::now() < *until)
+            .map(|(ring, _, _)| ring)
     }
 }
 
@@ -353,10 +378,28 @@ impl ExecutorCtx {
 
     /// Keeps `topology` (and rebuilds the ring from it) if it is newer than the one held.
     pub fn set_topology(&self, topology: Arc<TopologyResponse>) {
-        if topology.version > self.placement.borrow().topology.version {
-            *self.placement.borrow_mut() =
-                Rc::new(Placement::new(topology, self.settings.standalone));
+        let old = self.placement();
+        if topology.version <= old.topology.version {
+            return;
         }
+        let mut new = Placement::new(topology, self.settings.standalone);
+        let now = std::time::Instant::now();
+        new.previous = if new.readers != old.readers && !old.readers.is_empty() {
+            let until = now + std::time::Duration::from_millis(self.settings.ring_delay_ms);
+            Some((old.read_ring.clone(), old.topology.clone(), until))
+        } else {
+            old.previous.clone().filter(|(_, _, until)| now < *until)
+        };
+        *self.placement.borrow_mut() = Rc::new(new);
+    }
+
+    /// The `--listen` address of `node` in the topology served, or in the one before it while
+    /// that is kept (a node that has just left still takes the writes of its old ranges).
+    pub fn node_addr(&self, node: NodeId) -> Option<String> {
+        let p = self.placement();
+        let find =
+            |t: &TopologyResponse| t.nodes.iter().find(|n| n.id == node.0).map(|n| n.addr.clone());
+        find(&p.topology).or_else(|| p.previous.as_ref().and_then(|(_, t, _)| find(t)))
     }
 
     /// Serves `topology` here and sends it to every other executor of the node.
@@ -483,11 +526,19 @@ impl ExecutorCtx {
     fn write_replica_set(&self, token: Token) -> (Vec<Replica>, usize) {
         let p = self.placement();
         let n = usize::from(p.quorum.replication_factor);
-        let Some(pending) = &p.pending_ring else {
+        let previous = p.previous_ring();
+        if p.pending_ring.is_none() && previous.is_none() {
             return (self.reachable(p.read_ring.replicas(token, n)), 0);
-        };
-        let read = p.read_ring.replicas(token, n).len();
-        let nodes = crate::cluster::movement::write_set(&p.read_ring, pending, token, n);
+        }
+        let mut nodes = p.read_ring.replicas(token, n);
+        let read = nodes.len();
+        for ring in [p.pending_ring.as_ref(), previous].into_iter().flatten() {
+            for node in ring.replicas(token, n) {
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+            }
+        }
         let extra = nodes.len().saturating_sub(read);
         (self.reachable(nodes), extra)
     }

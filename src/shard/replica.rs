@@ -357,23 +357,22 @@ impl ExecutorCtx {
             .scan_page(req.after.as_ref().map(|a| a.as_slice()), &keep, max_keys, max_bytes)
             .await
             .map_err(|e| (super::shard_error_code(&e), format!("shard {}: {e}", self.index)))?;
-        // The page may hold more than `max_bytes` (several sources); cut it there, resuming
-        // after the last entry kept.
-        let mut entries = Vec::with_capacity(page.entries.len());
+        // The engine's page may hold more than `max_keys` or `max_bytes` (it merges several
+        // sources): cut it before the entry that would pass either (never before the first,
+        // so a version larger than the page still travels), resuming after the last one kept.
+        // A page is then at most `max_bytes` of keys and values, or one version, which keeps
+        // every StreamApply made of it under the peer frame bound.
+        let mut entries: Vec<StreamEntry> = Vec::with_capacity(page.entries.len().min(max_keys));
         let mut bytes = 0usize;
         let mut next = page.next;
-        let mut cut = false;
         for (key, entry) in page.entries {
-            if cut {
+            let size = key.len() + entry_value_len(&entry);
+            if !entries.is_empty() && (entries.len() >= max_keys || bytes + size > max_bytes) {
+                next = entries.last().map(|e| e.key.clone());
                 break;
             }
-            let e = stream_entry(key, entry);
-            bytes += e.key.len() + e.value.as_ref().map_or(0, Vec::len);
-            if bytes >= max_bytes {
-                next = Some(e.key.clone());
-                cut = true;
-            }
-            entries.push(e);
+            bytes += size;
+            entries.push(stream_entry(key, entry));
         }
         let response = StreamScanResponse { entries, next, examined: page.examined };
         msg::write_frame(out, Opcode::StreamScan, true, request_id, &response)
@@ -440,6 +439,13 @@ impl ExecutorCtx {
         }
         msg::write_empty_frame(out, Opcode::StreamApply, true, request_id);
         Ok(())
+    }
+}
+
+fn entry_value_len(entry: &Entry) -> usize {
+    match entry {
+        Entry::Value { value, .. } => value.len(),
+        Entry::Tombstone { .. } => 0,
     }
 }
 

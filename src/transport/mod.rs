@@ -136,7 +136,7 @@ pub fn topology_of(membership: &Membership, replication_factor: u8) -> TopologyR
             let status = match v.state.status {
                 Status::Joining => NodeStatus::Joining,
                 Status::Up => NodeStatus::Up,
-                Status::Leaving => NodeStatus::Leaving,
+                Status::Leaving | Status::Removing => NodeStatus::Leaving,
                 Status::Left => return None,
             };
             Some((v, status))
@@ -165,6 +165,7 @@ fn status_to_wire(s: Status) -> PeerStatus {
         Status::Joining => PeerStatus::Joining,
         Status::Up => PeerStatus::Up,
         Status::Leaving => PeerStatus::Leaving,
+        Status::Removing => PeerStatus::Removing,
         Status::Left => PeerStatus::Left,
     }
 }
@@ -174,6 +175,7 @@ fn status_from_wire(s: PeerStatus) -> Status {
         PeerStatus::Joining => Status::Joining,
         PeerStatus::Up => Status::Up,
         PeerStatus::Leaving => Status::Leaving,
+        PeerStatus::Removing => Status::Removing,
         PeerStatus::Left => Status::Left,
     }
 }
@@ -376,30 +378,46 @@ impl GossipCore {
         m.state(m.id()).map_or(Status::Joining, |s| s.status)
     }
 
-    /// Marks `id` Left on its behalf (`kvs removenode`): refused unless the failure detector
-    /// holds it down.
-    pub fn remove_node(&self, id: NodeId) -> Result<(), String> {
+    /// Marks `id`, a dead node, Removing (to start `kvs removenode`) or Left (to finish it)
+    /// on its behalf. Starting is refused unless the failure detector holds it down and it is
+    /// Up; finishing needs it Removing.
+    pub fn mark_removed(&self, id: NodeId, status: Status) -> Result<(), String> {
         let now = self.now_ms();
         {
             let mut m = self.membership.borrow_mut();
-            match m.liveness(id, now) {
-                Some(Liveness::Down) => {}
-                Some(l) => {
-                    return Err(format!(
-                        "node {:016x} is {l:?} here, not down: removenode is for dead nodes; \
-                         use `kvs decommission` on a live one",
-                        id.0
-                    ))
+            let current = m.state(id).map(|s| s.status);
+            match (status, current) {
+                (_, None) => return Err(format!("node {:016x} is not known here", id.0)),
+                (Status::Removing, Some(Status::Up | Status::Removing)) => {
+                    match m.liveness(id, now) {
+                        Some(Liveness::Down) => {}
+                        l => {
+                            return Err(format!(
+                                "node {:016x} is {} here, not down: removenode is for dead \
+                                 nodes; use `kvs decommission` on a live one",
+                                id.0,
+                                l.map_or("unknown".to_string(), |l| format!("{l:?}"))
+                            ))
+                        }
+                    }
                 }
-                None => return Err(format!("node {:016x} is not known here", id.0)),
+                (Status::Removing, Some(s)) => {
+                    return Err(format!("node {:016x} is {s:?}: only an Up node is removed", id.0))
+                }
+                (Status::Left, Some(Status::Removing)) => {}
+                (_, Some(s)) => {
+                    return Err(format!("node {:016x} is {s:?}, not being removed", id.0))
+                }
             }
-            if m.state(id).is_some_and(|s| s.status == Status::Left) {
-                return Err(format!("node {:016x} has already left the ring", id.0));
-            }
-            m.remove_node(id)?;
+            m.mark_removed(id, status)?;
         }
         self.publish_if_changed();
         Ok(())
+    }
+
+    /// The gossiped status of `id`, if known.
+    pub fn status_of(&self, id: NodeId) -> Option<Status> {
+        self.membership.borrow().state(id).map(|s| s.status)
     }
 
     /// How many peers (besides this node) have been heard from.
@@ -827,13 +845,25 @@ impl PeerService for GossipCore {
                     msg::write_error(out, request_id, ErrorCode::Internal, "the node is stopping");
                     return;
                 };
-                let started = if opcode == Opcode::Decommission {
-                    mover.start_decommission()
-                } else {
-                    msg::access::<peer::ArchivedRemoveNodeRequest>(body)
-                        .map_err(|e| format!("bad RemoveNode: {e}"))
-                        .and_then(|r| mover.start_remove(NodeId(r.id.to_native())))
-                };
+                let now = crate::cluster::hlc::wall_ms();
+                let started = msg::access::<peer::ArchivedAdminRequest>(body)
+                    .map_err(|e| format!("bad {opcode:?} request: {e}"))
+                    .and_then(|r| {
+                        r.verify(&self.settings.key, opcode, &self.settings.cluster_name, now)?;
+                        Ok(r.target.to_native())
+                    })
+                    .and_then(|target| match (opcode, target) {
+                        (Opcode::Decommission, 0) => mover.start_decommission(),
+                        (Opcode::Decommission, t) if t == self.me().0 => mover.start_decommission(),
+                        (Opcode::Decommission, t) => Err(format!(
+                            "a decommission of node {t:016x} reached node {:016x}",
+                            self.me().0
+                        )),
+                        (_, t) => mover.start_remove(NodeId(t)),
+                    });
+                if let Err(why) = &started {
+                    tracing::warn!("{opcode:?} refused: {why}");
+                }
                 match started {
                     Ok(()) => msg::write_empty_frame(out, opcode, true, request_id),
                     Err(why) => msg::write_error(out, request_id, ErrorCode::InvalidRequest, why),

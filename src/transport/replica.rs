@@ -187,7 +187,10 @@ impl ReplicaLinks {
     /// Delivers the answer to `o` (to its shard or task), and keeps a hint for `node` when a
     /// coordinator's write failed.
     fn finish(self: &Rc<Self>, node: NodeId, o: Outgoing, answer: ReplicaAnswer) {
-        if o.hint && o.opcode == Opcode::ReplicaWrite && matches!(answer, ReplicaAnswer::Failed(_))
+        if o.hint
+            && o.opcode == Opcode::ReplicaWrite
+            && matches!(answer, ReplicaAnswer::Failed(_))
+            && self.in_ring(node)
         {
             self.store_hint(node, o.body);
         }
@@ -238,6 +241,11 @@ impl ReplicaLinks {
             },
         )
         .await
+    }
+
+    /// Whether `node` is in the topology (a node that has left gets no hints).
+    fn in_ring(&self, node: NodeId) -> bool {
+        self.ctx.upgrade().is_some_and(|c| c.topology().nodes.iter().any(|n| n.id == node.0))
     }
 
     fn fail_all(self: &Rc<Self>, link: &Link, why: &str) {
@@ -412,18 +420,14 @@ impl ReplicaLinks {
         }
     }
 
-    /// The `--listen` address of `node` in the current topology.
+    /// The `--listen` address of `node` in the current topology (or the one before it, while
+    /// the shards still write to a node that has just left).
     fn addr_of(&self, node: NodeId) -> Result<SocketAddr, String> {
         let ctx = self.ctx.upgrade().ok_or("the node is stopping")?;
-        let topology = ctx.topology();
-        let info = topology
-            .nodes
-            .iter()
-            .find(|n| n.id == node.0)
+        let addr = ctx
+            .node_addr(node)
             .ok_or_else(|| format!("node {:016x} is not in the topology", node.0))?;
-        info.addr
-            .parse()
-            .map_err(|_| format!("node {:016x} has a bad address {:?}", node.0, info.addr))
+        addr.parse().map_err(|_| format!("node {:016x} has a bad address {addr:?}", node.0))
     }
 
     fn link(&self, node: NodeId) -> Rc<Link> {

@@ -69,6 +69,16 @@ const PAGE_KEYS: u32 = 1024;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A join that failed tries again after this long.
 const JOIN_RETRY: Duration = Duration::from_secs(5);
+/// Tries of one stream request before its copy fails (pauses 0.1, 0.2, 0.4, 0.8, 1.6, 2 s).
+const CALL_ATTEMPTS: u32 = 7;
+
+/// Which side of a copy failed: a source is replaced by the range's next candidate; a target
+/// failing ends the movement (another source would not help).
+#[derive(Debug)]
+enum CopyError {
+    Source(String),
+    Target(String),
+}
 
 /// What a mover needs, fixed at start.
 pub struct MoverSettings {
@@ -98,6 +108,8 @@ struct Progress {
     bytes: u64,
     streams_done: usize,
     streams_total: usize,
+    /// Ranges copied from a later candidate because an earlier one failed.
+    fallbacks: usize,
     /// The outcome once done or failed.
     outcome: String,
 }
@@ -146,13 +158,22 @@ impl Mover {
             return String::new();
         }
         let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let copied = format!(
+        let mut copied = format!(
             "{} versions ({:.1} MiB) copied, {}/{} streams done",
             p.versions,
             p.bytes as f64 / (1u64 << 20) as f64,
             p.streams_done,
             p.streams_total
         );
+        if p.fallbacks > 0 {
+            // The preferred source holds every write acknowledged for the range; another old
+            // replica may lack one acknowledged by the preferred source and a third node.
+            copied.push_str(&format!(
+                "; {} ranges came from a fallback source (a write acknowledged by the failed \
+                 source may have one copy fewer until read repair or hints fix it)",
+                p.fallbacks
+            ));
+        }
         match self.state.get() {
             MovementState::Idle => String::new(),
             MovementState::Running => format!("{}: {} ({secs:.1} s); {copied}", p.kind, p.phase),
@@ -232,12 +253,32 @@ impl Mover {
         }
         loop {
             let Some(topology) = self.topology() else { return };
-            let (work, share) = join_work(&topology, self.me, &self.alive());
+            // One movement at a time: a node leaving changes the ring this join plans against.
+            if let Some(n) = topology.nodes.iter().find(|n| n.status == NodeStatus::Leaving) {
+                self.phase(format!("waiting for node {:016x} to finish leaving", n.id));
+                if !self.sleep(self.settings.gossip_interval).await {
+                    return;
+                }
+                continue;
+            }
+            let planned = readers(&topology);
+            let (work, unstreamable, share) = join_work(&topology, self.me, &self.alive());
             self.phase(format!(
                 "copying {} ranges ({share:.3} of the ring) from their replicas",
                 work.len()
             ));
-            match self.copy_all(work).await {
+            let outcome = match self.copy_all(work).await {
+                Ok(()) if unstreamable > 0 => Err(format!(
+                    "{unstreamable} ranges have no live replica to copy from (waiting for one)"
+                )),
+                other => other,
+            };
+            match outcome {
+                // The ring moved meanwhile (a node came up or went): plan again, copying what
+                // the new plan adds (a version applied twice is harmless).
+                Ok(()) if self.topology().is_some_and(|t| readers(&t) != planned) => {
+                    self.phase("the ring changed during the copy; planning again");
+                }
                 Ok(()) => {
                     if let Err(e) = remove_marker(&self.settings.marker) {
                         // The join is complete; a marker left behind only makes the next
@@ -267,17 +308,12 @@ impl Mover {
         match self.core.own_status() {
             Status::Up | Status::Leaving => {}
             Status::Joining => return Err("the node is still joining".into()),
-            Status::Left => return Err("the node has already left the ring".into()),
+            Status::Left | Status::Removing => {
+                return Err("the node has already left the ring".into())
+            }
         }
         let topology = self.topology().ok_or("the node is stopping")?;
-        if let Some(n) =
-            topology.nodes.iter().find(|n| n.id != self.me.0 && n.status != NodeStatus::Up)
-        {
-            return Err(format!(
-                "node {:016x} is {:?}: one node joins or leaves at a time",
-                n.id, n.status
-            ));
-        }
+        one_movement_at_a_time(&topology, Some(self.me))?;
         let remaining = topology.nodes.iter().filter(|n| n.id != self.me.0).count();
         if remaining < usize::from(topology.replication_factor) {
             return Err(format!(
@@ -300,12 +336,19 @@ impl Mover {
         if !self.sleep(self.settings.ring_delay).await {
             return;
         }
-        let Some(topology) = self.topology() else { return };
-        let (work, share) = leave_work(&topology, self.me, &self.alive());
-        self.phase(format!("copying {} ranges ({share:.3} of the ring) away", work.len()));
-        if let Err(e) = self.copy_all(work).await {
-            self.finish(Err(format!("{e}; the node stays Leaving: run decommission again")));
-            return;
+        loop {
+            let Some(topology) = self.topology() else { return };
+            let planned = readers(&topology);
+            let (work, share) = leave_work(&topology, self.me, &self.alive());
+            self.phase(format!("copying {} ranges ({share:.3} of the ring) away", work.len()));
+            if let Err(e) = self.copy_all(work).await {
+                self.finish(Err(format!("{e}; the node stays Leaving: run decommission again")));
+                return;
+            }
+            if self.topology().is_some_and(|t| readers(&t) == planned) {
+                break;
+            }
+            self.phase("the ring changed during the copy; planning again");
         }
         self.core.set_own_status(Status::Left);
         self.phase("announced Left; waiting ring_delay_ms for every node to hear");
@@ -321,29 +364,47 @@ impl Mover {
             return Err(format!("a {} is running on this node", self.progress.borrow().kind));
         }
         let topology = self.topology().ok_or("the node is stopping")?;
-        // Plan against the ring that still holds the node, then mark it Left.
-        let (work, unstreamable, share) = remove_work(&topology, id, &self.alive());
-        self.core.remove_node(id)?;
+        one_movement_at_a_time(&topology, None)?;
+        // Removing: reads still go to the old replicas (the dead one does not answer; the
+        // others do) and writes to old and new ones, until the copy is done.
+        self.core.mark_removed(id, Status::Removing)?;
         self.begin("removenode");
-        glommio::spawn_local(self.clone().remove(id, work, unstreamable, share)).detach();
+        glommio::spawn_local(self.clone().remove(id)).detach();
         Ok(())
     }
 
-    async fn remove(self: Rc<Self>, id: NodeId, work: Vec<Work>, unstreamable: usize, share: f64) {
+    async fn remove(self: Rc<Self>, id: NodeId) {
         self.phase(format!(
-            "marked {:016x} Left; copying {} ranges ({share:.3} of the ring) from the \
-             surviving replicas",
-            id.0,
+            "marked {:016x} Removing; waiting ring_delay_ms ({:?}) for every node to hear",
+            id.0, self.settings.ring_delay
+        ));
+        if !self.sleep(self.settings.ring_delay).await {
+            return;
+        }
+        let Some(topology) = self.topology() else { return };
+        let (work, unstreamable, share) = remove_work(&topology, id, &self.alive());
+        self.phase(format!(
+            "copying {} ranges ({share:.3} of the ring) from the surviving replicas",
             work.len()
         ));
-        match self.copy_all(work).await {
-            Ok(()) if unstreamable > 0 => self.finish(Err(format!(
-                "{unstreamable} ranges had no surviving replica to copy from (their data was \
-                 only on {:016x})",
+        if let Err(e) = self.copy_all(work).await {
+            self.finish(Err(format!(
+                "{e}; {:016x} stays Removing: run removenode again to retry",
+                id.0
+            )));
+            return;
+        }
+        if let Err(e) = self.core.mark_removed(id, Status::Left) {
+            self.finish(Err(format!("marking {:016x} Left: {e}", id.0)));
+            return;
+        }
+        match unstreamable {
+            0 => self.finish(Ok(format!("node {:016x} is removed", id.0))),
+            n => self.finish(Err(format!(
+                "node {:016x} is removed, but {n} ranges had no surviving replica to copy \
+                 from (their data was only on it)",
                 id.0
             ))),
-            Ok(()) => self.finish(Ok(format!("node {:016x} is removed", id.0))),
-            Err(e) => self.finish(Err(format!("{e}; run removenode again to retry"))),
         }
     }
 
@@ -358,16 +419,18 @@ impl Mover {
         self.progress.borrow_mut().streams_total = queue.len();
         self.progress.borrow_mut().streams_done = 0;
         while let Some(items) = queue.pop() {
-            let (Some(target), Some(source)) =
-                (items.first().map(|w| w.target), items.first().and_then(|w| w.sources.first()))
+            let Some((target, source)) =
+                items.first().and_then(|w| w.sources.first().map(|s| (w.target, *s)))
             else {
                 continue;
             };
-            let source = *source;
             let ranges: Vec<TokenRange> = items.iter().map(|w| w.range).collect();
             match self.copy(source, target, &ranges).await {
                 Ok(()) => self.progress.borrow_mut().streams_done += 1,
-                Err(e) => {
+                Err(CopyError::Target(e)) => {
+                    return Err(format!("applying on {:016x} failed: {e}", target.0))
+                }
+                Err(CopyError::Source(e)) => {
                     tracing::warn!(
                         source = format!("{:016x}", source.0),
                         target = format!("{:016x}", target.0),
@@ -377,7 +440,8 @@ impl Mover {
                     let rest: Vec<Work> = items
                         .into_iter()
                         .map(|mut w| {
-                            w.sources.remove(0);
+                            w.sources =
+                                w.sources.split_first().map_or_else(Vec::new, |(_, r)| r.to_vec());
                             w
                         })
                         .collect();
@@ -388,7 +452,11 @@ impl Mover {
                         ));
                     }
                     let regrouped = group(rest);
-                    self.progress.borrow_mut().streams_total += regrouped.len() - 1;
+                    {
+                        let mut p = self.progress.borrow_mut();
+                        p.streams_total += regrouped.len().saturating_sub(1);
+                        p.fallbacks += ranges.len();
+                    }
                     queue.extend(regrouped);
                 }
             }
@@ -396,14 +464,16 @@ impl Mover {
         Ok(())
     }
 
-    /// Copies `ranges` from `source` to `target`, shard by shard of the source.
+    /// Copies `ranges` from `source` to `target`, shard by shard of the source. A failing
+    /// request is retried (a busy shard answers `Overloaded`) before the copy fails, with the
+    /// side that failed.
     async fn copy(
         &self,
         source: NodeId,
         target: NodeId,
         ranges: &[TokenRange],
-    ) -> Result<(), String> {
-        let topology = self.topology().ok_or("the node is stopping")?;
+    ) -> Result<(), CopyError> {
+        let topology = self.topology().ok_or(CopyError::Source("the node is stopping".into()))?;
         let shards_of = |id: NodeId| {
             topology
                 .nodes
@@ -412,7 +482,8 @@ impl Mover {
                 .map(|n| u16::try_from(n.shard_ports.len().max(1)).unwrap_or(u16::MAX))
                 .ok_or_else(|| format!("node {:016x} is not in the topology", id.0))
         };
-        let (source_shards, target_shards) = (shards_of(source)?, shards_of(target)?);
+        let source_shards = shards_of(source).map_err(CopyError::Source)?;
+        let target_shards = shards_of(target).map_err(CopyError::Target)?;
         let wire_ranges: Vec<(u64, u64)> = ranges.iter().map(|r| (r.start.0, r.end.0)).collect();
         for shard in 0..source_shards {
             let mut after: Option<Vec<u8>> = None;
@@ -424,20 +495,26 @@ impl Mover {
                     max_keys: PAGE_KEYS,
                     max_bytes: self.settings.page_bytes,
                 };
-                let body = msg::encode_body(&req).map_err(|e| format!("encoding: {e}"))?;
-                let answer = self.call(source, shard, Opcode::StreamScan, body).await?;
+                let body = msg::encode_body(&req)
+                    .map_err(|e| CopyError::Source(format!("encoding: {e}")))?;
+                let answer = self
+                    .call_retrying(source, shard, Opcode::StreamScan, body)
+                    .await
+                    .map_err(CopyError::Source)?;
                 let page: StreamScanResponse = msg::access::<ArchivedStreamScanResponse>(&answer)
                     .and_then(msg::to_owned)
-                    .map_err(|e| format!("node {:016x} sent a bad page: {e}", source.0))?;
-                self.apply(target, target_shards, page.entries).await?;
+                    .map_err(|e| {
+                        CopyError::Source(format!("node {:016x} sent a bad page: {e}", source.0))
+                    })?;
+                self.apply(target, target_shards, page.entries).await.map_err(CopyError::Target)?;
                 match page.next {
                     None => break,
                     Some(next) => {
                         if after.as_ref().is_some_and(|a| next <= *a) {
-                            return Err(format!(
+                            return Err(CopyError::Source(format!(
                                 "node {:016x} shard {shard}: the scan did not advance",
                                 source.0
-                            ));
+                            )));
                         }
                         after = Some(next);
                     }
@@ -467,12 +544,40 @@ impl Mover {
                 .sum();
             let body = msg::encode_body(&StreamApplyRequest { shard, entries })
                 .map_err(|e| format!("encoding: {e}"))?;
-            self.call(target, shard, Opcode::StreamApply, body).await?;
+            self.call_retrying(target, shard, Opcode::StreamApply, body).await?;
             let mut p = self.progress.borrow_mut();
             p.versions += count;
             p.bytes += bytes;
         }
         Ok(())
+    }
+
+    /// [`Self::call`], tried up to [`CALL_ATTEMPTS`] times with a growing pause between.
+    async fn call_retrying(
+        &self,
+        node: NodeId,
+        shard: u16,
+        opcode: Opcode,
+        body: Vec<u8>,
+    ) -> Result<AlignedVec, String> {
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.call(node, shard, opcode, body.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if attempt >= CALL_ATTEMPTS => {
+                    return Err(format!("{e} (after {attempt} attempts)"))
+                }
+                Err(e) => {
+                    tracing::debug!(node = format!("{:016x}", node.0), "{opcode:?}: {e}; retrying");
+                    if !self.sleep(pause).await {
+                        return Err("the node is stopping".into());
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// One stream request to `shard` of `node`: through this node's shard channels when it
@@ -530,12 +635,31 @@ fn is_reader(n: &kvs_wire::msg::NodeInfo) -> bool {
     matches!(n.status, NodeStatus::Up | NodeStatus::Leaving)
 }
 
+/// The ids of the nodes reads use (Up and Leaving): a movement planned against one set and
+/// finished against another plans again.
+fn readers(topology: &TopologyResponse) -> Vec<u64> {
+    topology.nodes.iter().filter(|n| is_reader(n)).map(|n| n.id).collect()
+}
+
+/// Refuses a decommission or removenode while another node (not `me`) joins or leaves: each
+/// plans against the ring as it is, and two plans at once could leave a range unstreamed.
+fn one_movement_at_a_time(topology: &TopologyResponse, me: Option<NodeId>) -> Result<(), String> {
+    match topology.nodes.iter().find(|n| Some(NodeId(n.id)) != me && n.status != NodeStatus::Up) {
+        Some(n) => Err(format!(
+            "node {:016x} is {:?}: one node joins or leaves at a time; wait for it",
+            n.id, n.status
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What `me` copies to itself to join: the ranges it gains going from the ring of Up and
-/// Leaving nodes to that ring plus itself; and the share of the ring it gains.
-fn join_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Work>, f64) {
+/// Leaving nodes to that ring plus itself; how many of them no live replica holds; and the
+/// share of the ring it gains.
+fn join_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Work>, usize, f64) {
     let old = members(topology, |n| n.id != me.0 && is_reader(n));
     if old.is_empty() {
-        return (Vec::new(), 0.0);
+        return (Vec::new(), 0, 0.0);
     }
     let mut new = old.clone();
     new.extend(members(topology, |n| n.id == me.0));
@@ -554,7 +678,8 @@ fn join_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Wor
             })
         })
         .collect();
-    (work, plan.gained_share(me))
+    let unstreamable = plan.unstreamable.iter().filter(|(_, to)| *to == me).count();
+    (work, unstreamable, plan.gained_share(me))
 }
 
 /// What `me` copies away to leave: every range that gains a replica going from the ring of
@@ -659,13 +784,21 @@ mod tests {
         use NodeStatus::*;
         let alive = [1, 2, 3, 4];
         let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Joining)]);
-        let (work, share) = join_work(&t, NodeId(4), &alive);
+        let (work, unstreamable, share) = join_work(&t, NodeId(4), &alive);
+        assert_eq!(unstreamable, 0);
         assert!(!work.is_empty());
         assert!((0.6..0.9).contains(&share), "N=3 of 4 nodes: about 3/4, got {share}");
         assert!(work.iter().all(|w| w.target == NodeId(4) && !w.sources.contains(&NodeId(4))));
         // Nobody Up yet: nothing to copy.
         let t = topology(&[(1, Joining), (2, Joining)]);
         assert!(join_work(&t, NodeId(1), &[1, 2]).0.is_empty());
+        // Every old replica down: nothing can be copied, and the join says so.
+        let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Joining)]);
+        let (work, unstreamable, _) = join_work(&t, NodeId(4), &[4]);
+        assert!(work.is_empty() && unstreamable > 0);
+        // A decommission waits for another node's join.
+        assert!(one_movement_at_a_time(&t, Some(NodeId(1))).is_err());
+        assert!(one_movement_at_a_time(&t, Some(NodeId(4))).is_ok());
 
         let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Leaving)]);
         let (work, _) = leave_work(&t, NodeId(4), &alive);

@@ -60,11 +60,11 @@ pub enum Opcode {
     /// (`peer::StreamApplyRequest`); the response is empty.
     StreamApply = 0x27,
     /// Operator to node, on its node-level port: stream this node's ranges to the nodes that
-    /// take them over, then leave the ring. Empty request body; the response (empty) says
-    /// the decommission started; its progress shows in `ClusterStatus`.
+    /// take them over, then leave the ring (`peer::AdminRequest`, target 0). The response
+    /// (empty) says the decommission started; its progress shows in `ClusterStatus`.
     Decommission = 0x28,
     /// Operator to node, on its node-level port: re-replicate the ranges of a dead node
-    /// (`peer::RemoveNodeRequest`) from the survivors and remove it from the ring. The
+    /// (`peer::AdminRequest`, target its id) from the survivors and remove it from the ring. The
     /// response (empty) says the removal started; its progress shows in `ClusterStatus`.
     RemoveNode = 0x29,
     /// An error response; body is an `ErrorResponse`.

@@ -14,8 +14,8 @@
 //! | ReplicaRead   | [`ReplicaReadRequest`]  | [`ReplicaReadResponse`]                   |
 //! | StreamScan    | [`StreamScanRequest`]   | [`StreamScanResponse`]                    |
 //! | StreamApply   | [`StreamApplyRequest`]  | empty                                     |
-//! | Decommission  | empty                   | empty (started; progress in ClusterStatus) |
-//! | RemoveNode    | [`RemoveNodeRequest`]   | empty (started; progress in ClusterStatus) |
+//! | Decommission  | [`AdminRequest`]        | empty (started; progress in ClusterStatus) |
+//! | RemoveNode    | [`AdminRequest`]        | empty (started; progress in ClusterStatus) |
 //!
 //! ## Streaming
 //! When the ring changes, the nodes that gain a token range copy its data from a node that
@@ -102,6 +102,8 @@ pub enum PeerStatus {
     Up,
     Leaving,
     Left,
+    /// Dead and being removed (`kvs removenode`), set on its behalf.
+    Removing,
 }
 
 /// One node's id and heartbeat.
@@ -265,6 +267,13 @@ pub const STREAM_PAGE_KEYS_MAX: u32 = 4096;
 /// Most key and value bytes one `StreamScan` page returns, roughly (a single version larger
 /// than this still travels alone), and most bytes of versions in one `StreamApply`.
 pub const STREAM_PAGE_BYTES_MAX: u32 = 4 * 1024 * 1024;
+// A StreamApply is at most one page (keys and values within STREAM_PAGE_BYTES_MAX, plus
+// about 40 bytes of archive per version) or one version alone (within a client frame): it
+// must fit the node-to-node bound.
+const _: () = assert!(
+    STREAM_PAGE_BYTES_MAX as u64 + STREAM_PAGE_KEYS_MAX as u64 * 64 <= PEER_BODY_BYTES_MAX as u64
+);
+
 /// Most token ranges in one `StreamScan` (a node has at most `VNODES_MAX` tokens, and a
 /// gaining node takes at most one range per token of the ring's nodes).
 pub const STREAM_RANGES_MAX: usize = 1 << 20;
@@ -319,11 +328,106 @@ pub struct StreamApplyRequest {
     pub entries: Vec<StreamEntry>,
 }
 
-/// Remove a dead node from the ring.
+/// An operator's request that changes the ring (`Decommission`, `RemoveNode`): proof that
+/// the sender holds the cluster key. `target` is the node to remove (0 for a decommission of
+/// the receiving node); the tag is [`admin_mac`] over it. The receiver refuses a request
+/// issued more than [`ADMIN_REQUEST_AGE_MAX_MS`] from its own clock, so a recorded request
+/// cannot be replayed later.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct RemoveNodeRequest {
-    pub id: u64,
+pub struct AdminRequest {
+    /// At most [`CLUSTER_NAME_BYTES_MAX`] bytes.
+    pub cluster_name: String,
+    pub target: u64,
+    /// Wall clock of the sender, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+    pub nonce: u64,
+    pub mac: [u8; 16],
+}
+
+/// How far an [`AdminRequest`]'s issue time may be from the receiver's clock, ms.
+pub const ADMIN_REQUEST_AGE_MAX_MS: u64 = 5 * 60 * 1000;
+
+/// Domain tag of the operator requests' tag.
+const ADMIN_DOMAIN: &[u8] = b"kvs-admin-v1";
+
+/// The tag of an [`AdminRequest`] for `opcode`: SipHash-2-4-128 with the cluster key over a
+/// domain tag, the opcode, the cluster name, the target, the issue time and the nonce.
+pub fn admin_mac(
+    key: &ClusterKey,
+    opcode: Opcode,
+    cluster_name: &str,
+    target: u64,
+    issued_at_ms: u64,
+    nonce: u64,
+) -> [u8; 16] {
+    let mut h = SipHasher24::new_with_keys(key.k0, key.k1);
+    h.write(ADMIN_DOMAIN);
+    h.write(&[opcode as u8]);
+    write_prefixed(&mut h, cluster_name.as_bytes());
+    for v in [target, issued_at_ms, nonce] {
+        h.write(&v.to_le_bytes());
+    }
+    h.finish128().as_u128().to_le_bytes()
+}
+
+impl AdminRequest {
+    /// A request for `opcode` on `target`, tagged with `key`, issued at `now_ms`.
+    pub fn new(
+        key: &ClusterKey,
+        opcode: Opcode,
+        cluster_name: &str,
+        target: u64,
+        now_ms: u64,
+        nonce: u64,
+    ) -> AdminRequest {
+        AdminRequest {
+            cluster_name: cluster_name.to_string(),
+            target,
+            issued_at_ms: now_ms,
+            nonce,
+            mac: admin_mac(key, opcode, cluster_name, target, now_ms, nonce),
+        }
+    }
+}
+
+impl ArchivedAdminRequest {
+    /// Checks the request for `opcode` against this node's cluster and key at `now_ms`.
+    pub fn verify(
+        &self,
+        key: &ClusterKey,
+        opcode: Opcode,
+        cluster_name: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if self.cluster_name.as_str() != cluster_name {
+            return Err(format!(
+                "the request is for cluster {:?}; this node is in cluster {cluster_name:?}",
+                self.cluster_name.as_str()
+            ));
+        }
+        let issued = self.issued_at_ms.to_native();
+        if issued.abs_diff(now_ms) > ADMIN_REQUEST_AGE_MAX_MS {
+            return Err(format!(
+                "the request was issued {} s from this node's clock (at most {} s): check the \
+                 clocks",
+                issued.abs_diff(now_ms) / 1000,
+                ADMIN_REQUEST_AGE_MAX_MS / 1000
+            ));
+        }
+        let expected = admin_mac(
+            key,
+            opcode,
+            cluster_name,
+            self.target.to_native(),
+            issued,
+            self.nonce.to_native(),
+        );
+        if !tags_equal(&expected, &self.mac) {
+            return Err("bad cluster secret: the request's tag does not verify".into());
+        }
+        Ok(())
+    }
 }
 
 /// Domain tag of the replica-link handshake tag.
@@ -473,6 +577,32 @@ pub fn tags_equal(a: &[u8; 16], b: &[u8; 16]) -> bool {
 mod tests {
     use super::*;
     use crate::msg::{access, to_owned, write_frame, AlignedVec};
+
+    #[test]
+    fn admin_requests_verify_only_with_the_key_the_opcode_and_a_fresh_time() {
+        let key = ClusterKey::derive("c", b"secret");
+        let now = 1_700_000_000_000;
+        let req = AdminRequest::new(&key, Opcode::RemoveNode, "c", 7, now, 42);
+        let body = crate::msg::encode_body(&req).unwrap();
+        let mut aligned: AlignedVec = AlignedVec::new();
+        aligned.extend_from_slice(&body);
+        let a = access::<ArchivedAdminRequest>(&aligned).unwrap();
+        assert!(a.verify(&key, Opcode::RemoveNode, "c", now + 1000).is_ok());
+        let other = ClusterKey::derive("c", b"other");
+        assert!(a.verify(&other, Opcode::RemoveNode, "c", now).unwrap_err().contains("secret"));
+        assert!(a.verify(&key, Opcode::Decommission, "c", now).is_err(), "bound to the opcode");
+        assert!(a.verify(&key, Opcode::RemoveNode, "d", now).unwrap_err().contains("cluster"));
+        let late = now + ADMIN_REQUEST_AGE_MAX_MS + 1;
+        assert!(a.verify(&key, Opcode::RemoveNode, "c", late).unwrap_err().contains("clock"));
+        // Another target under the same tag does not verify.
+        let mut forged = req.clone();
+        forged.target = 8;
+        let body = crate::msg::encode_body(&forged).unwrap();
+        let mut aligned: AlignedVec = AlignedVec::new();
+        aligned.extend_from_slice(&body);
+        let f = access::<ArchivedAdminRequest>(&aligned).unwrap();
+        assert!(f.verify(&key, Opcode::RemoveNode, "c", now).is_err());
+    }
 
     fn state(id: u64) -> PeerState {
         PeerState {
