@@ -103,7 +103,7 @@ PY
   die "the cluster did not reach $n nodes up within 120 s"
 }
 
-# movement_of ADDR: the node's movement line and state, as JSON, into OUT/$2.
+# snapshot ADDR FILE: `kvs status --json` of the node at ADDR (its movement line) into OUT/FILE.
 snapshot() { "$KVS_BIN" status --json --addr "$1" >"$OUT/$2" 2>/dev/null || true; }
 
 bench() {
@@ -152,8 +152,10 @@ main() {
   log "node 4 joined in $(python3 -c "print(round($t1-$t0,1))") s; decommissioning it"
   sleep 3
   t2=$(date +%s.%N)
-  record "$KVS_BIN" decommission --addr "127.0.0.4:$PORT"
-  "$KVS_BIN" decommission --addr "127.0.0.4:$PORT" | tee "$OUT/decommission.txt" >&2 ||
+  local decom=(decommission --addr "127.0.0.4:$PORT" --cluster-name elastic-bench
+    --cluster-secret "$SECRET")
+  record "$KVS_BIN" "${decom[@]}"
+  "$KVS_BIN" "${decom[@]}" | tee "$OUT/decommission.txt" >&2 ||
     log "decommission failed (see $OUT/decommission.txt)"
   t3=$(date +%s.%N)
   snapshot "127.0.0.4:$PORT" leave-status.json

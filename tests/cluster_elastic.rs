@@ -315,6 +315,16 @@ fn three_to_four_to_three_under_load_loses_nothing() {
         converged(&three, &ids3).then_some(())
     });
     assert_eq!(n4.stop(), Some(0), "the decommissioned node stops cleanly");
+    // Started again on its old data, it refuses: the data is stale.
+    let again = std::process::Command::new(support::kvs_bin())
+        .args(["server", "--listen", &n4.addr, "--data-dir"])
+        .arg(dirs[3].path())
+        .args(node_args("2", &["--seeds", &seed]))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("left the ring"), "{why}");
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::SeqCst);
     loader.join().unwrap();

@@ -41,7 +41,7 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::shard::{serve_listener, ExecutorCtx, ShardMsg, ShardSettings};
 use crate::transport::hint_log::{HintLog, HintLogOptions};
 use crate::transport::replica::{ReplicaLinks, ReplicaLinksHandle};
-use crate::transport::stream::{write_marker, Mover, MoverSettings, BOOTSTRAP_MARKER};
+use crate::transport::stream::{write_marker, Mover, MoverSettings, BOOTSTRAP_MARKER, LEFT_MARKER};
 use crate::transport::{topology_of, ClusterSettings, GossipCore};
 
 /// How long a failed start waits for the other executors before giving up on them.
@@ -63,6 +63,11 @@ pub enum NodeError {
     BadNodeId { path: PathBuf, reason: String },
     #[error("corrupt generation file {path}: {reason}")]
     BadGeneration { path: PathBuf, reason: String },
+    #[error(
+        "this node left the ring (decommissioned; {path} says so): its data is stale. Remove \
+         the data directory to start it as a new node"
+    )]
+    Decommissioned { path: PathBuf },
     #[error("executor {index} failed: {reason}")]
     Executor { index: usize, reason: String },
 }
@@ -95,6 +100,10 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
         .map_err(io_err("resolving data directory", &config.data_dir))?;
     let data_dir = config.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
+    let left = data_dir.join(LEFT_MARKER);
+    if left.exists() {
+        return Err(NodeError::Decommissioned { path: left });
+    }
     let seeds = config.seed_addrs()?;
     // A node's first start with seeds is a join: it stays Joining until it has copied the
     // ranges it takes over (transport::stream). The marker is written before the node id, so
@@ -166,6 +175,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
             gossip_interval: Duration::from_millis(config.gossip_interval_ms),
             page_bytes: config.stream_page_kb.saturating_mul(1024),
             marker,
+            left_marker: left,
         },
         joining,
     ));

@@ -63,6 +63,9 @@ use crate::shard::ExecutorCtx;
 
 /// The file in a node's data directory that says a join has not completed.
 pub const BOOTSTRAP_MARKER: &str = "joining";
+/// The file in a node's data directory that says it was decommissioned: it refuses to start
+/// (its data is stale; a new node needs an empty directory).
+pub const LEFT_MARKER: &str = "left";
 /// Keys per `StreamScan` page.
 const PAGE_KEYS: u32 = 1024;
 /// How long one stream request may take before it counts as failed.
@@ -88,6 +91,8 @@ pub struct MoverSettings {
     pub page_bytes: u32,
     /// The bootstrap marker's path (see [`BOOTSTRAP_MARKER`]).
     pub marker: PathBuf,
+    /// The decommission marker's path (see [`LEFT_MARKER`]).
+    pub left_marker: PathBuf,
 }
 
 /// One range to copy to `target`, with the nodes that can send it, preferred first.
@@ -349,6 +354,13 @@ impl Mover {
                 break;
             }
             self.phase("the ring changed during the copy; planning again");
+        }
+        if let Err(e) = write_marker(&self.settings.left_marker) {
+            self.finish(Err(format!(
+                "writing {}: {e}; the node stays Leaving",
+                self.settings.left_marker.display()
+            )));
+            return;
         }
         self.core.set_own_status(Status::Left);
         self.phase("announced Left; waiting ring_delay_ms for every node to hear");
