@@ -17,7 +17,7 @@
 # Usage:  perf/elastic_bench.sh
 # Environment (defaults in brackets):
 #   RECORDS [1000000]  RATE [4000]  BASE_S [20]  MOVE_S [90]  CONNECTIONS [8]  PIPELINE [2]
-#   SHARDS [1]  PORT [7700]  VALUE_SIZE [100]  RING_DELAY_MS [2000]
+#   SHARDS [1]  PORT [7700]  VALUE_SIZE [100]  RING_DELAY_MS [2000]  STREAM_KB_PER_S [8192]
 #   OUT [perf/out/elastic-<date>]  KVS_BIN [$CARGO_TARGET_DIR/release/kvs]  SKIP_BUILD [0]
 #
 # Only 127.0.0.1-4 are used. Every run is bounded by --duration; every node is stopped on exit.
@@ -35,6 +35,7 @@ SHARDS=${SHARDS:-1}
 PORT=${PORT:-7700}
 VALUE_SIZE=${VALUE_SIZE:-100}
 RING_DELAY_MS=${RING_DELAY_MS:-2000}
+STREAM_KB_PER_S=${STREAM_KB_PER_S:-8192}
 KVS_BIN=${KVS_BIN:-${CARGO_TARGET_DIR:-target}/release/kvs}
 SKIP_BUILD=${SKIP_BUILD:-0}
 OUT=${OUT:-perf/out/elastic-$(date +%Y%m%d-%H%M%S)}
@@ -71,7 +72,8 @@ trap 'exit 130' INT TERM
 start_node() {
   local i=$1 seed=${2:-}
   local args=(server --listen "127.0.0.$i:$PORT" --data-dir "$WORK/node-$i" --shards "$SHARDS"
-    --cluster-name elastic-bench --cluster-secret "$SECRET" --ring-delay-ms "$RING_DELAY_MS")
+    --cluster-name elastic-bench --cluster-secret "$SECRET" --ring-delay-ms "$RING_DELAY_MS"
+    --stream-kb-per-s "$STREAM_KB_PER_S")
   [ -n "$seed" ] && args+=(--seeds "$seed")
   record "$KVS_BIN" "${args[@]}"
   "$KVS_BIN" "${args[@]}" >"$OUT/node-$i.stdout" 2>"$OUT/node-$i.log" &
@@ -109,12 +111,13 @@ snapshot() { "$KVS_BIN" status --json --addr "$1" >"$OUT/$2" 2>/dev/null || true
 bench() {
   local name=$1 workload=$2 seconds=${3:-}
   local args=(bench --target "kvs://127.0.0.1:$PORT" --workload "$workload" --records "$RECORDS"
-    --connections "$CONNECTIONS" --pipeline "$PIPELINE" --value-size "$VALUE_SIZE"
-    --consistency quorum --progress-interval-ms 0 --json "$OUT/$name.json")
+    --value-size "$VALUE_SIZE" --consistency quorum --progress-interval-ms 0
+    --json "$OUT/$name.json")
   if [ "$workload" = load ]; then
     args+=(--pipeline 16 --connections 16)
   else
-    args+=(--rate "$RATE" --duration "$seconds")
+    args+=(--connections "$CONNECTIONS" --pipeline "$PIPELINE" --rate "$RATE"
+      --duration "$seconds")
   fi
   record "$KVS_BIN" "${args[@]}"
   "$KVS_BIN" "${args[@]}" >"$OUT/$name.log" 2>&1 || log "bench $name had errors (see $OUT/$name.log)"

@@ -350,6 +350,9 @@ pub struct ServerArgs {
     /// Page size when streaming ranges between nodes, KiB [default: 1024].
     #[arg(long)]
     pub stream_page_kb: Option<u32>,
+    /// Bound on the copy rate of a join, decommission or removenode, KiB/s [default: 8192].
+    #[arg(long)]
+    pub stream_kb_per_s: Option<u64>,
     /// Keep hints for a node down at most this long, s [default: 10800].
     #[arg(long)]
     pub hint_window_s: Option<u64>,
@@ -477,6 +480,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.stream_page_kb {
             c.stream_page_kb = v;
+        }
+        if let Some(v) = self.stream_kb_per_s {
+            c.stream_kb_per_s = v;
         }
         if let Some(v) = self.replica_timeout_ms {
             c.replica_timeout_ms = v;

@@ -138,6 +138,8 @@ pub struct NodeConfig {
     pub ring_delay_ms: u64,
     /// Bytes per page when streaming ranges between nodes, KiB. Default 1024.
     pub stream_page_kb: u32,
+    /// Bound on the bytes of versions a movement copies per second, KiB/s. Default 8192.
+    pub stream_kb_per_s: u64,
     /// How long a coordinator waits for a remote replica's answer, ms. Default 2000.
     pub replica_timeout_ms: u64,
     /// Hints are kept for a node only while it has been down at most this long, seconds.
@@ -189,6 +191,7 @@ impl Default for NodeConfig {
             replica_timeout_ms: 2000,
             ring_delay_ms: 5000,
             stream_page_kb: 1024,
+            stream_kb_per_s: 8192,
             hint_window_s: 3 * 3600,
             hints_mb: 1024,
             hint_replay_kb: 4096,
@@ -452,6 +455,9 @@ impl NodeConfig {
         }
         if self.ring_delay_ms > 600_000 {
             return Err(invalid("ring_delay_ms", "must be at most 600000"));
+        }
+        if !(1..=1 << 30).contains(&self.stream_kb_per_s) {
+            return Err(invalid("stream_kb_per_s", "must be in 1..=2^30"));
         }
         if !(1..=4096).contains(&self.stream_page_kb) {
             return Err(invalid("stream_page_kb", "must be in 1..=4096"));

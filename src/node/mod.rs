@@ -174,6 +174,7 @@ pub fn run_until(mut config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), No
             ring_delay: Duration::from_millis(config.ring_delay_ms),
             gossip_interval: Duration::from_millis(config.gossip_interval_ms),
             page_bytes: config.stream_page_kb.saturating_mul(1024),
+            bytes_per_s: config.stream_kb_per_s.saturating_mul(1024),
             marker,
             left_marker: left,
         },

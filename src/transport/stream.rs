@@ -58,6 +58,8 @@ use kvs_wire::Opcode;
 use super::replica::ReplicaLinks;
 use super::GossipCore;
 use crate::cluster::gossip::Status;
+use crate::cluster::hints::TokenBucket;
+use crate::cluster::hlc::wall_ms;
 use crate::cluster::movement::{self, TokenRange};
 use crate::shard::ExecutorCtx;
 
@@ -89,6 +91,8 @@ pub struct MoverSettings {
     pub gossip_interval: Duration,
     /// Bytes per stream page.
     pub page_bytes: u32,
+    /// Bound on the bytes of versions copied per second (`stream_kb_per_s`).
+    pub bytes_per_s: u64,
     /// The bootstrap marker's path (see [`BOOTSTRAP_MARKER`]).
     pub marker: PathBuf,
     /// The decommission marker's path (see [`LEFT_MARKER`]).
@@ -128,6 +132,9 @@ pub struct Mover {
     links: Rc<ReplicaLinks>,
     state: Cell<MovementState>,
     progress: RefCell<Progress>,
+    /// Paces the copy (`stream_kb_per_s`): every node of a small cluster shares its cores
+    /// with the requests it serves, and an unpaced copy takes them all.
+    pace: RefCell<TokenBucket>,
 }
 
 impl Mover {
@@ -138,6 +145,7 @@ impl Mover {
         core: Rc<GossipCore>,
         links: Rc<ReplicaLinks>,
     ) -> Rc<Mover> {
+        let settings_rate = settings.bytes_per_s;
         let mover = Rc::new(Mover {
             me,
             settings,
@@ -146,6 +154,7 @@ impl Mover {
             links,
             state: Cell::new(MovementState::Idle),
             progress: RefCell::new(Progress::default()),
+            pace: RefCell::new(TokenBucket::new(settings_rate, wall_ms())),
         });
         mover.core.set_mover(&mover);
         mover
@@ -557,9 +566,15 @@ impl Mover {
             let body = msg::encode_body(&StreamApplyRequest { shard, entries })
                 .map_err(|e| format!("encoding: {e}"))?;
             self.call_retrying(target, shard, Opcode::StreamApply, body).await?;
-            let mut p = self.progress.borrow_mut();
-            p.versions += count;
-            p.bytes += bytes;
+            {
+                let mut p = self.progress.borrow_mut();
+                p.versions += count;
+                p.bytes += bytes;
+            }
+            let wait_ms = self.pace.borrow_mut().take(bytes, wall_ms());
+            if wait_ms > 0 && !self.sleep(Duration::from_millis(wait_ms)).await {
+                return Err("the node is stopping".into());
+            }
         }
         Ok(())
     }
