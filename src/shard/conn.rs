@@ -144,9 +144,14 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     let out = Rc::new(ConnOut::new());
     let writer = {
         let out = out.clone();
+        let ctx = ctx.clone();
         glommio::spawn_local(async move {
             loop {
-                let bytes = std::mem::take(&mut *out.buf.borrow_mut());
+                let mut bytes = std::mem::take(&mut *out.buf.borrow_mut());
+                // Every response tells the client which topology this node serves, so a
+                // client holding another one fetches it again.
+                let epoch = kvs_wire::frame::topology_epoch_of(ctx.topology().version);
+                kvs_wire::frame::stamp_topology_epoch(&mut bytes, epoch);
                 if bytes.is_empty() {
                     if out.closing.get() {
                         break;

@@ -193,7 +193,9 @@ impl FrameHeader {
             return Err(FrameError::BadVersion { got: version });
         }
         let opcode = Opcode::from_u8(op).ok_or(FrameError::BadOpcode { got: op })?;
-        if flags != 0 || [z0, z1, z2, z3] != [0; 4] {
+        // Bytes 20..24 carry the topology epoch in responses; requests leave them zero.
+        let response = op & RESPONSE_BIT != 0;
+        if flags != 0 || (!response && [z0, z1, z2, z3] != [0; 4]) {
             return Err(FrameError::Reserved);
         }
         let body_len = u32::from_le_bytes([l0, l1, l2, l3]);
@@ -207,6 +209,37 @@ impl FrameHeader {
             request_id: u64::from_le_bytes([r0, r1, r2, r3, r4, r5, r6, r7]),
             body_len,
         })
+    }
+}
+
+/// The topology epoch of a topology version: its low 32 bits, 0 mapped to 1 (0 means "not
+/// told"). Versions only grow, and a change moves the low bits unless it jumps by a multiple
+/// of 2^32, so a client comparing epochs notices a change with no new field in any message.
+pub fn topology_epoch_of(version: u64) -> u32 {
+    (version as u32).max(1)
+}
+
+/// The topology epoch a response header carries (0: none, or `header` too short).
+pub fn topology_epoch(header: &[u8]) -> u32 {
+    header.get(20..24).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes)
+}
+
+/// Writes `epoch` into every response header among the whole frames in `frames` (frames
+/// back to back from the start, as a connection's output buffer holds them); stops at the
+/// first incomplete one.
+pub fn stamp_topology_epoch(frames: &mut [u8], epoch: u32) {
+    let mut at = 0usize;
+    while let Some(header) = frames.get_mut(at..at + FRAME_HEADER_BYTES) {
+        let body_len = header
+            .get(16..20)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_le_bytes);
+        if header.get(6).is_some_and(|op| op & RESPONSE_BIT != 0) {
+            if let Some(field) = header.get_mut(20..24) {
+                field.copy_from_slice(&epoch.to_le_bytes());
+            }
+        }
+        at = at.saturating_add(FRAME_HEADER_BYTES).saturating_add(body_len as usize);
     }
 }
 
@@ -266,6 +299,28 @@ mod tests {
             h.encode(),
             [0x31, 0x53, 0x56, 0x4B, 4, 0, 0x86, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn responses_carry_the_topology_epoch_and_requests_may_not() {
+        let mut frames = Vec::new();
+        encode_frame(&mut frames, FrameHeader::response(Opcode::Get, 1, 3), b"abc");
+        encode_frame(&mut frames, FrameHeader::request(Opcode::Ping, 2, 0), b"");
+        encode_frame(&mut frames, FrameHeader::response(Opcode::Ping, 3, 0), b"");
+        stamp_topology_epoch(&mut frames, 0xDEAD_BEEF);
+        assert_eq!(topology_epoch(&frames), 0xDEAD_BEEF);
+        let second = &frames[FRAME_HEADER_BYTES + 3..];
+        assert_eq!(topology_epoch(second), 0, "requests are left alone");
+        let third = &second[FRAME_HEADER_BYTES..];
+        assert_eq!(topology_epoch(third), 0xDEAD_BEEF);
+        assert_eq!(FrameHeader::decode(&frames, 100).unwrap().request_id, 1);
+        let mut req = FrameHeader::request(Opcode::Ping, 2, 0).encode();
+        req[20] = 1;
+        assert_eq!(FrameHeader::decode(&req, 100), Err(FrameError::Reserved));
+        assert_eq!(topology_epoch_of(0), 1);
+        assert_eq!(topology_epoch_of((7 << 32) | 5), 5);
+        // A cut buffer is stamped up to its last whole header.
+        stamp_topology_epoch(&mut frames[..30], 1);
     }
 
     #[test]

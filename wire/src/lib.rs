@@ -23,13 +23,16 @@
 //! ```text
 //! offset size field
 //!  0     4    magic       0x4B56_5331 ("KVS1"), little endian
-//!  4     2    version     protocol version, currently 3 (2 added `PutRequest::ttl_ms`, 3 the
-//!                         request consistency and `ErrorResponse::detail`); no other is read
+//!  4     2    version     protocol version, currently 4 (2 added `PutRequest::ttl_ms`, 3 the
+//!                         request consistency and `ErrorResponse::detail`, 4 the node status
+//!                         in the topology and the topology epoch); no other is read
 //!  6     1    opcode      see frame::Opcode (responses set bit 0x80)
 //!  7     1    flags       reserved, must be 0
 //!  8     8    request_id  chosen by the client, echoed in the response
 //! 16     4    body_len    bytes of body that follow, at most limits::FRAME_BODY_BYTES_MAX
-//! 20     4    reserved    must be 0
+//! 20     4    epoch       requests: 0. Responses: the answering node's topology epoch
+//!                         (frame::topology_epoch_of), or 0; a client whose topology has
+//!                         another epoch fetches it again
 //! 24     ..   body        an rkyv archive of the message for the opcode (see msg; empty for
 //!                         Ping, and for Topology and Stats requests)
 //! ```

@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     /// Bounds requests in flight on this connection.
     permits: Semaphore,
     frame_body_bytes_max: u32,
+    /// The topology epoch of the last response that carried one, shared by every connection
+    /// of the client (see `crate::frame::topology_epoch`).
+    epoch_seen: Rc<Cell<u32>>,
 }
 
 impl Shared {
@@ -380,6 +383,7 @@ impl Conn {
         connect_timeout: Duration,
         inflight_max: usize,
         frame_body_bytes_max: u32,
+        epoch_seen: Rc<Cell<u32>>,
     ) -> Result<Conn, ClientError> {
         let io_err = |source: io::Error| ClientError::Io { addr: addr.to_string(), source };
         let sock_addr = resolve(addr).map_err(io_err)?;
@@ -405,6 +409,7 @@ impl Conn {
             dead: RefCell::new(None),
             permits: Semaphore::new(u64::try_from(inflight_max).unwrap_or(u64::MAX)),
             frame_body_bytes_max,
+            epoch_seen,
         });
         let writer = glommio::spawn_local(writer_task(shared.clone(), Half(stream.clone())));
         let reader = glommio::spawn_local(reader_task(shared.clone(), Half(stream)));
@@ -497,6 +502,10 @@ async fn read_loop(shared: &Shared, source: &mut Half) -> Failure {
                 frame_bytes_needed = total;
                 break;
             };
+            let epoch = crate::frame::topology_epoch(avail);
+            if epoch != 0 {
+                shared.epoch_seen.set(epoch);
+            }
             let mut aligned = AlignedVec::with_capacity(body.len());
             aligned.extend_from_slice(body);
             start += total;

@@ -7,7 +7,10 @@
 //! ## What it does
 //! - [`Client::connect`] fetches the topology (`Opcode::Topology`) from the node-level port it is
 //!   given. [`Client::refresh_topology`] fetches it again; the client also does so before
-//!   retrying after an I/O error or a timeout.
+//!   retrying after an I/O error or a timeout, and in the background when a response carries
+//!   another topology epoch than the topology it holds (every node stamps its own in the frame
+//!   header, see [`crate::frame::topology_epoch`]; at most once per
+//!   [`EPOCH_REFRESH_INTERVAL`]).
 //! - Placement ([`Client::route`]): `token_of(key)` → the [`Ring`] built from the topology's nodes
 //!   → the key's replica set → the primary (the next replica after a connection error or a
 //!   timeout) → `shard_of(token, shard_ports.len())` → `host_of(node.addr):shard_ports[shard]`.
@@ -102,6 +105,8 @@ use conn::{Conn, Failure, Shared};
 pub const RETRIES_MAX: u32 = 16;
 /// Upper bound on [`ClientOptions::inflight_max_per_connection`].
 pub const INFLIGHT_MAX_PER_CONNECTION_MAX: usize = 1 << 20;
+/// A client refreshes its topology for a changed epoch at most this often.
+pub const EPOCH_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Backoff before retry number `i + 1` (the last entry repeats).
 const BACKOFF_MS: [u64; 3] = [10, 50, 100];
 
@@ -462,6 +467,10 @@ struct Inner {
     /// A retry is refreshing the topology; other retries skip their refresh instead of
     /// piling up identical Topology requests.
     refreshing: Cell<bool>,
+    /// The topology epoch the last response carried (0: none yet).
+    epoch_seen: Rc<Cell<u32>>,
+    /// When a refresh for a changed epoch last started.
+    epoch_refresh_at: Cell<Option<Instant>>,
 }
 
 /// The shard-aware client. Cheap to clone (an `Rc`); clones share connections and topology.
@@ -493,6 +502,8 @@ impl Client {
                 next_id: Cell::new(1),
                 closed: Cell::new(false),
                 refreshing: Cell::new(false),
+                epoch_seen: Rc::new(Cell::new(0)),
+                epoch_refresh_at: Cell::new(None),
             }),
         };
         client.refresh_topology().await?;
@@ -701,7 +712,10 @@ impl Client {
             let addr = self.addr_for(&topo, dest, skip)?;
             let result = self.attempt(addr, req).await;
             let err = match result {
-                Ok(body) => return Ok(body),
+                Ok(body) => {
+                    self.follow_epoch(&topo);
+                    return Ok(body);
+                }
                 Err(e) => e,
             };
             if attempt >= opts.retries || !err.is_retryable() || self.inner.closed.get() {
@@ -722,6 +736,35 @@ impl Client {
             glommio::timer::sleep(Duration::from_millis(backoff)).await;
             attempt += 1;
         }
+    }
+
+    /// Starts a topology refresh in the background when responses carry another epoch than
+    /// the topology held (a node joined, left or changed state), at most once per
+    /// [`EPOCH_REFRESH_INTERVAL`] (nodes that have not yet heard of a change answer with the
+    /// old epoch meanwhile).
+    fn follow_epoch(&self, topo: &Topo) {
+        let seen = self.inner.epoch_seen.get();
+        if seen == 0 || seen == crate::frame::topology_epoch_of(topo.resp.version) {
+            return;
+        }
+        if self.inner.refreshing.get()
+            || self
+                .inner
+                .epoch_refresh_at
+                .get()
+                .is_some_and(|t| t.elapsed() < EPOCH_REFRESH_INTERVAL)
+        {
+            return;
+        }
+        self.inner.epoch_refresh_at.set(Some(Instant::now()));
+        self.inner.refreshing.set(true);
+        let client = self.clone();
+        glommio::spawn_local(async move {
+            let _reset = ResetOnDrop(&client.inner.refreshing);
+            // Best effort: a failed refresh keeps the old topology; retries still route.
+            let _ = client.refresh_topology().await;
+        })
+        .detach();
     }
 
     fn addr_for<'t>(
@@ -822,6 +865,7 @@ impl Client {
             o.connect_timeout,
             o.inflight_max_per_connection,
             o.frame_body_bytes_max,
+            inner.epoch_seen.clone(),
         )
         .await?;
         if inner.closed.get() {

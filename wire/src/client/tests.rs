@@ -96,6 +96,10 @@ struct State {
     last_ttl_ms: Cell<Option<u64>>,
     /// Opcode and consistency of the last data request received.
     last_consistency: Cell<Option<(Opcode, Consistency)>>,
+    /// The topology epoch stamped on every response (0: none).
+    epoch: Cell<u32>,
+    /// Topology requests received.
+    topology_requests: Cell<usize>,
 }
 
 impl State {
@@ -112,6 +116,7 @@ impl State {
         let mut out = Vec::new();
         match h.opcode {
             Opcode::Topology => {
+                self.topology_requests.set(self.topology_requests.get() + 1);
                 msg::write_frame(&mut out, Opcode::Topology, true, id, &*self.topo.borrow())
                     .unwrap();
                 return Action::Reply { bytes: out, data: false };
@@ -314,6 +319,7 @@ async fn serve_conn(state: Rc<State>, mut stream: TcpStream, port: u16, role: Ro
             }
         }
         state.frames_per_read_max.set(state.frames_per_read_max.get().max(frames));
+        crate::frame::stamp_topology_epoch(&mut out, state.epoch.get());
         if !out.is_empty() && stream.write_all(&out).await.is_err() {
             return;
         }
@@ -388,6 +394,8 @@ impl Fake {
             stats_reply: RefCell::new(None),
             last_ttl_ms: Cell::new(None),
             last_consistency: Cell::new(None),
+            epoch: Cell::new(0),
+            topology_requests: Cell::new(0),
         });
         Fake { state, node_port, shard_ports }
     }
@@ -425,6 +433,36 @@ fn stats_asks_the_connect_address() {
             Err(ClientError::Protocol(m)) => assert!(m.contains("twice"), "{m}"),
             other => panic!("expected a protocol error, got {other:?}"),
         }
+        c.close().await;
+    });
+}
+
+/// A response whose topology epoch differs from the client's topology makes the client fetch
+/// the topology again, in the background and at most once per interval.
+#[test]
+fn a_changed_topology_epoch_in_responses_refreshes_the_topology() {
+    run(|| async {
+        let fake = Fake::single(1);
+        let v1 = fake.state.topo.borrow().version;
+        fake.state.epoch.set(crate::frame::topology_epoch_of(v1));
+        let c = fake.client(quick()).await;
+        let fetched = fake.state.topology_requests.get();
+        c.put(b"k", b"v").await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.state.topology_requests.get(), fetched, "same epoch: no refresh");
+        // The node's topology moves on: the next response says so.
+        fake.state.topo.borrow_mut().version = v1 + 4;
+        fake.state.epoch.set(crate::frame::topology_epoch_of(v1 + 4));
+        c.put(b"k", b"v2").await.unwrap();
+        c.put(b"k", b"v3").await.unwrap();
+        for _ in 0..100 {
+            if c.topology().version == v1 + 4 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(c.topology().version, v1 + 4);
+        assert_eq!(fake.state.topology_requests.get(), fetched + 1, "one refresh");
         c.close().await;
     });
 }
