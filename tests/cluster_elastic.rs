@@ -83,10 +83,13 @@ struct Load {
     reads: u64,
     /// (when, after the load started; what failed).
     failures: Vec<(Duration, String)>,
+    /// The topology version the client held at the end.
+    final_version: u64,
 }
 
 /// Runs quorum writes of new keys and reads of acknowledged ones through a client of `seed`
-/// until `stop` or the bounds; returns what happened.
+/// until `stop` or the bounds; returns what happened. The client follows the ring by itself
+/// (responses carry the topology epoch); its topology version is recorded at the end.
 fn run_load(seed: String, stop: Arc<AtomicBool>, state: Arc<Mutex<Load>>, max_ops: u64) {
     on_executor(move || async move {
         let opts = ClientOptions {
@@ -101,11 +104,6 @@ fn run_load(seed: String, stop: Arc<AtomicBool>, state: Arc<Mutex<Load>>, max_op
         let mut i = 0u64;
         while !stop.load(Ordering::SeqCst) && i < max_ops && Instant::now() < deadline {
             i += 1;
-            // Every few operations the client re-reads the topology, as a long-lived client
-            // following the ring would.
-            if i.is_multiple_of(200) {
-                let _ = client.refresh_topology().await;
-            }
             let key = format!("load-{i}");
             let value = format!("v{i}");
             match client.put_with(key.as_bytes(), value.as_bytes(), PutOptions::default()).await {
@@ -143,6 +141,7 @@ fn run_load(seed: String, stop: Arc<AtomicBool>, state: Arc<Mutex<Load>>, max_op
                 }
             }
         }
+        state.lock().unwrap().final_version = client.topology().version;
         client.close().await;
     });
 }
@@ -347,6 +346,9 @@ fn three_to_four_to_three_under_load_loses_nothing() {
     );
     assert!(l.writes > 100 && l.reads > 100, "the load ran: {} writes {} reads", l.writes, l.reads);
     assert!(l.failures.is_empty(), "requests failed during the moves: {:?}", l.failures);
+    // The client followed the ring by itself: it holds the three-node topology (node 4 gone).
+    let served = status(&n1.addr).unwrap()["topology_version"].as_u64().unwrap();
+    assert_eq!(l.final_version, served, "the client's topology is the one node 1 serves");
     assert!((0.15..0.40).contains(&moved_in), "join moved {moved_in:.3} of the replica copies");
     assert!((0.15..0.40).contains(&moved_out), "leave moved {moved_out:.3} of the copies");
     drop(l);
