@@ -219,8 +219,9 @@ impl StatsReport {
 
 /// The rows of the human table, in order; `levels` stands for `l<N>_tables` and `l<N>_bytes`
 /// of every level present. Every other counter is in the JSON.
-const TABLE_ROWS: [&str; 28] = [
+const TABLE_ROWS: [&str; 29] = [
     "keys",
+    "keys_estimate",
     "memtable_bytes",
     "immutable_bytes",
     "levels",

@@ -8,9 +8,10 @@
 //!
 //! Load: the CLI asks each alive node's node port for its Stats (one request per node) and
 //! shows the bytes of data it holds: SSTables plus memtables, summed over the shards that
-//! answered. A node that is not alive or does not answer shows `n/a` (`null` in JSON). Keys
-//! per node are not shown: the engine counts keys in its memtable only, not on disk, so no
-//! honest number exists yet.
+//! answered, and its estimated keys (`keys~`): memtable entries plus every table's entry
+//! count, an upper bound (a key with versions in several tables, or a tombstone, counts each
+//! time; compaction brings it toward the truth). A node that is not alive or does not answer
+//! shows `n/a` (`null` in JSON).
 //!
 //! ## JSON (`kvs status --json`)
 //! ```text
@@ -24,7 +25,8 @@
 //!   "movement": "join: done; …",     and its progress line ("" when idle)
 //!   "nodes": [ { "id": "…", "addr": "127.0.0.1:7000", "state": "up", "liveness": "alive",
 //!                "phi": 0.4, "shards": 1, "vnodes": 150, "ownership": 0.33,
-//!                "generation": 1764111111, "heartbeat": 42, "load_bytes": 1234 }, … ]
+//!                "generation": 1764111111, "heartbeat": 42, "load_bytes": 1234,
+//!                "keys_estimate": 10 }, … ]
 //! }
 //! ```
 //! Nodes are sorted by id. `state` is the gossiped status (`joining`, `up`, `leaving`,
@@ -165,21 +167,22 @@ pub fn fetch(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, Str
 }
 
 /// The bytes of data the node at `addr` holds (SSTables, memtable and frozen memtables over
-/// every shard that answered), from its Stats counters; None when it cannot be asked.
-pub fn fetch_load_bytes(addr: &str, timeout: Duration) -> Option<u64> {
+/// every shard that answered) and its estimated keys (`keys_estimate`, an upper bound), from
+/// its Stats counters; None when it cannot be asked.
+pub fn fetch_load(addr: &str, timeout: Duration) -> Option<(u64, u64)> {
     let body = request(addr, Opcode::Stats, timeout).ok()?;
     let stats: StatsResponse =
         msg::to_owned(msg::access::<ArchivedStatsResponse>(&body).ok()?).ok()?;
     stats.check().ok()?;
-    let summed = ["table_bytes", "memtable_bytes", "immutable_bytes"];
-    Some(
+    let sum = |names: &[&str]| {
         stats
             .shards
             .iter()
             .flat_map(|s| &s.counters)
-            .filter(|c| summed.contains(&c.name.as_str()))
-            .fold(0u64, |sum, c| sum.saturating_add(c.value)),
-    )
+            .filter(|c| names.contains(&c.name.as_str()))
+            .fold(0u64, |sum, c| sum.saturating_add(c.value))
+    };
+    Some((sum(&["table_bytes", "memtable_bytes", "immutable_bytes"]), sum(&["keys_estimate"])))
 }
 
 /// Bounds the report relies on (the ring build is proportional to nodes × vnodes).
@@ -213,6 +216,8 @@ pub struct Row {
     pub in_ring: bool,
     /// Bytes of data the node holds, when it was asked ([`StatusReport::fill_load`]).
     pub load_bytes: Option<u64>,
+    /// Estimated keys it holds (an upper bound), when it was asked.
+    pub keys_estimate: Option<u64>,
 }
 
 /// A status response made readable.
@@ -273,6 +278,7 @@ impl StatusReport {
                 heartbeat: m.heartbeat.version,
                 in_ring: in_ring(m),
                 load_bytes: None,
+                keys_estimate: None,
             })
             .collect();
         StatusReport {
@@ -296,7 +302,9 @@ impl StatusReport {
     pub fn fill_load(&mut self, timeout: Duration) {
         for r in &mut self.rows {
             if r.liveness == "alive" {
-                r.load_bytes = fetch_load_bytes(&r.addr, timeout);
+                let load = fetch_load(&r.addr, timeout);
+                r.load_bytes = load.map(|l| l.0);
+                r.keys_estimate = load.map(|l| l.1);
             }
         }
     }
@@ -319,6 +327,7 @@ impl StatusReport {
                     "generation": r.generation,
                     "heartbeat": r.heartbeat,
                     "load_bytes": r.load_bytes,
+                    "keys_estimate": r.keys_estimate,
                 })
             })
             .collect();
@@ -344,14 +353,23 @@ impl StatusReport {
         );
         let _ = writeln!(
             t,
-            "{:<16}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>9}  {:>10}",
-            "id", "address", "state", "liveness", "phi", "shards", "vnodes", "owns", "load"
+            "{:<16}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>9}  {:>10}  {:>10}",
+            "id",
+            "address",
+            "state",
+            "liveness",
+            "phi",
+            "shards",
+            "vnodes",
+            "owns",
+            "load",
+            "keys~"
         );
         for r in &self.rows {
             let phi = if r.phi >= 1e6 { "inf".to_string() } else { format!("{:.2}", r.phi) };
             let _ = writeln!(
                 t,
-                "{:016x}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>8.2}%  {:>10}",
+                "{:016x}  {:<21}  {:<7}  {:<8}  {:>7}  {:>6}  {:>6}  {:>8.2}%  {:>10}  {:>10}",
                 r.id,
                 r.addr,
                 r.state,
@@ -360,7 +378,8 @@ impl StatusReport {
                 r.shards,
                 r.vnodes,
                 r.ownership * 100.0,
-                r.load_bytes.map_or_else(|| "n/a".to_string(), human_bytes)
+                r.load_bytes.map_or_else(|| "n/a".to_string(), human_bytes),
+                r.keys_estimate.map_or_else(|| "n/a".to_string(), |k| k.to_string())
             );
         }
         if !self.movement.is_empty() {

@@ -80,6 +80,7 @@ fn stats_reflect_the_work_and_bad_requests_get_errors() {
     assert_eq!(sum("deletes"), DELETES);
     // Deleted keys stay in the memtable as tombstones.
     assert_eq!(sum("keys"), KEYS);
+    assert_eq!(sum("keys_estimate"), KEYS, "everything is in the memtables: the estimate is exact");
     assert_eq!(sum("tombstones"), DELETES);
     let total = &j["total"]["counters"];
     assert_eq!(total["puts"], KEYS);

@@ -542,8 +542,13 @@ impl Engine {
             .collect();
         let last_used = level_stats.iter().rposition(|l| l.tables > 0).map_or(1, |i| i + 1);
         let compaction = self.compaction.borrow();
+        let imm_keys = self.immutable.borrow().as_ref().map_or(0, |(m, _)| m.len() as u64);
+        let table_entries: u64 = tables.iter().map(|t| t.reader.footer().entry_count).sum();
         EngineStats {
             keys: memtable.len() as u64,
+            keys_estimate: (memtable.len() as u64)
+                .saturating_add(imm_keys)
+                .saturating_add(table_entries),
             tombstones: memtable.tombstones(),
             memtable_bytes: memtable.approx_bytes(),
             memtable_bytes_max: self.opts.memtable_bytes_max,

@@ -18,6 +18,10 @@ pub struct LevelStats {
 pub struct EngineStats {
     /// Keys in the memtable, tombstones included.
     pub keys: u64,
+    /// Estimated keys in the shard: memtable and immutable memtable entries plus every
+    /// table's entry count. An upper bound: a key with versions in several places counts once
+    /// per place, and tombstones count.
+    pub keys_estimate: u64,
     /// Tombstones in the memtable.
     pub tombstones: u64,
     /// Estimated memtable memory, in bytes.
@@ -116,6 +120,7 @@ impl EngineStats {
     pub fn counters(&self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> = [
             ("keys", self.keys),
+            ("keys_estimate", self.keys_estimate),
             ("tombstones", self.tombstones),
             ("memtable_bytes", self.memtable_bytes),
             ("memtable_bytes_max", self.memtable_bytes_max),

@@ -368,6 +368,11 @@ impl WriteTracker {
         self.replicas.iter().filter(|(_, s)| *s != WriteState::Acked).map(|(n, _)| *n).collect()
     }
 
+    /// The replicas that had not answered when the timeout came (for the error message).
+    pub fn timed_out(&self) -> Vec<NodeId> {
+        self.replicas.iter().filter(|(_, s)| *s == WriteState::TimedOut).map(|(n, _)| *n).collect()
+    }
+
     fn slot(&mut self, node: NodeId) -> Option<&mut WriteState> {
         self.replicas.iter_mut().find(|(n, _)| *n == node).map(|(_, s)| s)
     }
@@ -516,6 +521,11 @@ impl ReadResolver {
     }
 
     /// R.
+    /// The replicas that had not answered when the timeout came (for the error message).
+    pub fn timed_out(&self) -> Vec<NodeId> {
+        self.replicas.iter().filter(|(_, s)| *s == ReadState::TimedOut).map(|(n, _)| *n).collect()
+    }
+
     pub fn needed(&self) -> Required {
         self.needed
     }

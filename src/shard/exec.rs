@@ -429,6 +429,14 @@ impl ExecutorCtx {
             }
             if decision == WriteDecision::Pending && !inbox.wait_until(deadline).await {
                 decision = tracker.on_timeout();
+                // Name the replicas that stayed silent: the reasons so far are only from
+                // those that failed, which may not be the ones that cost the quorum.
+                for node in tracker.timed_out() {
+                    failures.push(format!(
+                        "node {:016x}: no answer within replica_timeout_ms ({} ms)",
+                        node.0, self.settings.replica_timeout_ms
+                    ));
+                }
             }
         }
         self.forget_replicas(&corrs);
@@ -566,6 +574,12 @@ impl ExecutorCtx {
             }
             if !inbox.wait_until(deadline).await {
                 step = resolver.on_timeout();
+                for node in resolver.timed_out() {
+                    failures.push(format!(
+                        "node {:016x}: no answer within replica_timeout_ms ({} ms)",
+                        node.0, self.settings.replica_timeout_ms
+                    ));
+                }
                 if !matches!(step, ReadStep::Pending | ReadStep::NeedData(_)) {
                     break;
                 }

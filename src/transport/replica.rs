@@ -328,6 +328,16 @@ impl ReplicaLinks {
                     })
                     .await;
                 match report {
+                    // A replay that sent nothing and stopped (the target is not reachable yet:
+                    // a node just killed is still held alive until phi crosses the threshold)
+                    // is retried every round: not worth a line each time.
+                    Ok(r) if r.sent == 0 && r.expired == 0 && r.stopped.is_some() => {
+                        tracing::debug!(
+                            node = format!("{target:016x}"),
+                            stopped = r.stopped.as_deref().unwrap_or("no"),
+                            "hint replay did not start"
+                        );
+                    }
                     Ok(r) if r.sent > 0 || r.expired > 0 || r.stopped.is_some() => {
                         tracing::info!(
                             node = format!("{target:016x}"),

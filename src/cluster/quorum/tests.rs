@@ -480,3 +480,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn timeouts_name_the_replicas_that_stayed_silent() {
+    let mut w = WriteTracker::new(&up(&[1, 2, 3]), req(2)).unwrap();
+    w.on_ack(NodeId(1));
+    w.on_failure(NodeId(3));
+    assert!(w.timed_out().is_empty(), "nothing timed out before the timeout");
+    w.on_timeout();
+    assert_eq!(w.timed_out(), vec![NodeId(2)], "3 failed, it did not time out");
+
+    let mut r = ReadResolver::new(&up(&[1, 2, 3]), req(2)).unwrap();
+    r.on_reply(NodeId(1), ReadReply::Data(None));
+    r.on_timeout();
+    assert_eq!(r.timed_out(), vec![NodeId(2)], "3 was a spare, never asked");
+}
