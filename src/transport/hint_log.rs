@@ -19,6 +19,13 @@
 //! removes the segment once every send succeeded. A failed send stops the replay and keeps the
 //! segment; the next replay sends it again from its start, which is harmless (a replica keeps
 //! the newer version by stamp).
+//!
+//! # Damage
+//! A segment that cannot be read (a bad header, an I/O error, checksummed bytes that stop
+//! making sense before its end) is renamed to `<name>.hint.bad`, logged as an error and
+//! forgotten, at open or during a replay, and the log goes on with the others: one damaged file
+//! costs the hints in it (read repair and later writes catch those keys up), never hinted
+//! handoff as a whole. A torn tail is not damage (see Layout).
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,6 +91,9 @@ pub struct HintLogReport {
     pub torn_segments: u64,
     /// Records that passed their checksum but did not decode (skipped, logged).
     pub undecodable: u64,
+    /// Segments that could not be read at all (a bad header, an I/O error): renamed to
+    /// `*.hint.bad`, logged, and left out, so one damaged file does not stop hinted handoff.
+    pub quarantined: u64,
 }
 
 /// What one [`HintLog::replay`] did.
@@ -98,6 +108,9 @@ pub struct ReplayReport {
     pub paced_ms: u64,
     /// Why the replay stopped early, if it did (the failed send's error).
     pub stopped: Option<String>,
+    /// Segments that could not be read (renamed to `*.hint.bad`, see [`HintLogReport`]);
+    /// the hints of theirs sent before the damage are counted in `sent`.
+    pub quarantined: u64,
 }
 
 /// The hint log of one node. `!Send`: lives on the cluster core.
@@ -133,7 +146,14 @@ impl HintLog {
             for path in kvs_io::list_dir(&target_dir).await? {
                 let Some(segment) = parse_segment_name(&path) else { continue };
                 next_segment = next_segment.max(segment.saturating_add(1));
-                let (info, torn, undecodable) = scan_segment(&path, segment).await?;
+                let (info, torn, undecodable) = match scan_segment(&path, segment).await {
+                    Ok(scanned) => scanned,
+                    Err(e) => {
+                        quarantine(&path, &e).await?;
+                        report.quarantined += 1;
+                        continue;
+                    }
+                };
                 report.segments += 1;
                 report.hints += info.hints;
                 report.torn_segments += u64::from(torn);
@@ -149,6 +169,7 @@ impl HintLog {
                 segments = report.segments,
                 hints = report.hints,
                 torn = report.torn_segments,
+                quarantined = report.quarantined,
                 "hint log opened"
             );
         }
@@ -242,12 +263,25 @@ impl HintLog {
                 report.segments_removed += 1;
                 continue;
             }
-            let mut reader = LogReader::open(&path, Some(segment)).await?;
+            let mut reader = match LogReader::open(&path, Some(segment)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.quarantine_segment(target, segment, &path, 0, 0, &e.into()).await?;
+                    report.quarantined += 1;
+                    continue;
+                }
+            };
             let (mut sent, mut expired) = (0u64, 0u64);
+            let mut damaged: Option<HintLogError> = None;
             loop {
-                let record = match reader.next().await? {
-                    ReadOutcome::Record(r) => r,
-                    ReadOutcome::End(_) => break,
+                let record = match reader.next().await {
+                    Ok(ReadOutcome::Record(r)) => r,
+                    Ok(ReadOutcome::End(_)) => break,
+                    // Unreadable from here on: what was sent is counted, the rest is lost.
+                    Err(e) => {
+                        damaged = Some(e.into());
+                        break;
+                    }
                 };
                 let hint = match Hint::decode(&record.payload) {
                     Ok(h) => h,
@@ -278,10 +312,18 @@ impl HintLog {
                 report.sent_bytes += bytes;
             }
             let _ = reader.close().await;
-            self.remove_segment(target, segment, &path, sent, expired).await?;
             report.sent += sent;
             report.expired += expired;
-            report.segments_removed += 1;
+            match damaged {
+                Some(e) => {
+                    self.quarantine_segment(target, segment, &path, sent, expired, &e).await?;
+                    report.quarantined += 1;
+                }
+                None => {
+                    self.remove_segment(target, segment, &path, sent, expired).await?;
+                    report.segments_removed += 1;
+                }
+            }
         }
         Ok(report)
     }
@@ -352,6 +394,43 @@ impl HintLog {
         self.ledger.borrow_mut().on_segment_removed(target, segment, replayed, expired);
         Ok(())
     }
+}
+
+impl HintLog {
+    /// Takes an unreadable segment out of the log: renamed aside (see [`quarantine`]) and
+    /// forgotten by the ledger, with what was replayed from it before the damage.
+    async fn quarantine_segment(
+        &self,
+        target: u64,
+        segment: u64,
+        path: &Path,
+        replayed: u64,
+        expired: u64,
+        why: &HintLogError,
+    ) -> Result<(), HintLogError> {
+        quarantine(path, why).await?;
+        kvs_io::sync_dir(target_dir(&self.opts.dir, target)).await?;
+        self.ledger.borrow_mut().on_segment_removed(target, segment, replayed, expired);
+        Ok(())
+    }
+}
+
+/// Renames an unreadable segment to `<name>.bad` beside it (kept for inspection, never read
+/// again: its name no longer parses as a segment) and logs why.
+async fn quarantine(path: &Path, why: &dyn std::fmt::Display) -> Result<(), HintLogError> {
+    let mut bad = path.as_os_str().to_owned();
+    bad.push(".bad");
+    let bad = PathBuf::from(bad);
+    tracing::error!(path = %path.display(), renamed = %bad.display(), error = %why,
+        "unreadable hint segment set aside; its hints are not replayed");
+    std::fs::rename(path, &bad).map_err(|e| {
+        HintLogError::Io(IoError::Os {
+            op: "rename hint segment",
+            path: path.to_path_buf(),
+            source: e,
+        })
+    })?;
+    Ok(())
 }
 
 /// Marks a target as being replayed until dropped (also when the replay is cancelled).
@@ -705,6 +784,90 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(*got.borrow(), 9);
+        });
+    }
+
+    #[test]
+    fn an_unreadable_segment_is_set_aside_and_the_others_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let (first, second) = run(move || async move {
+            let (log, _) = HintLog::open(opts(&path)).await.unwrap();
+            for i in 0..5 {
+                log.store(5, None, &hint(i, 0), 0).await.unwrap();
+            }
+            // A replay whose first send fails closes the open segment and keeps it.
+            let r = log.replay(5, || 1, |_| async { Err("down".to_string()) }).await.unwrap();
+            assert_eq!(r.stopped.as_deref(), Some("down"));
+            for i in 5..8 {
+                log.store(5, None, &hint(i, 0), 0).await.unwrap();
+            }
+            let order = log.ledger().replay_order(5);
+            assert_eq!(order.len(), 2);
+            log.close().await.unwrap();
+            (order[0], order[1])
+        });
+        let hints = dir.path().join("hints");
+        let damage = |seg: u64| {
+            let file = segment_path(&hints, 5, seg);
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes[0] ^= 0xff; // the segment header
+            std::fs::write(&file, &bytes).unwrap();
+        };
+        // Damaged while the node is down: open sets it aside and keeps the other.
+        damage(first);
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let (log, report) = HintLog::open(opts(&path)).await.unwrap();
+            assert_eq!((report.quarantined, report.segments, report.hints), (1, 1, 3));
+            let got = RefCell::new(0);
+            let r = log
+                .replay(
+                    5,
+                    || 1,
+                    |_| {
+                        *got.borrow_mut() += 1;
+                        async { Ok(()) }
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!((*got.borrow(), r.segments_removed), (3, 1));
+        });
+        assert!(segment_path(&hints, 5, first).with_extension("hint.bad").exists());
+        assert!(!segment_path(&hints, 5, second).exists(), "replayed and removed");
+
+        // Damaged while the node runs: the replay sets it aside and goes on to the next.
+        let path = dir.path().to_path_buf();
+        let hints2 = hints.clone();
+        run(move || async move {
+            let (log, _) = HintLog::open(opts(&path)).await.unwrap();
+            for i in 0..4 {
+                log.store(6, None, &hint(i, 0), 0).await.unwrap();
+            }
+            let _ = log.replay(6, || 1, |_| async { Err("down".to_string()) }).await.unwrap();
+            for i in 4..6 {
+                log.store(6, None, &hint(i, 0), 0).await.unwrap();
+            }
+            let order = log.ledger().replay_order(6);
+            let file = segment_path(&hints2, 6, order[0]);
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes[0] ^= 0xff;
+            std::fs::write(&file, &bytes).unwrap();
+            let got = RefCell::new(0);
+            let r = log
+                .replay(
+                    6,
+                    || 1,
+                    |_| {
+                        *got.borrow_mut() += 1;
+                        async { Ok(()) }
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!((r.quarantined, *got.borrow()), (1, 2));
+            assert!(log.ledger().replay_order(6).is_empty(), "the ledger forgot both");
         });
     }
 }
