@@ -253,3 +253,46 @@ fn a_client_that_never_reads_cannot_grow_server_memory() {
     drop(raw);
     assert_eq!(server.stop(), Some(0), "clean exit; stderr:\n{}", server.stderr());
 }
+
+/// Strangers announcing large gossip bodies (up to the 8 MiB gossip bound, beyond the client
+/// bound) and sending them slowly: the node buffers at most 32 MiB of such bodies at once;
+/// the connection past that is refused with Overloaded and closed, and the budget comes back
+/// when the others go.
+#[test]
+fn large_unauthenticated_bodies_are_bounded_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let announce = |raw: &mut Raw| {
+        let len = 8 * 1024 * 1024 - 1024;
+        raw.send(&FrameHeader::request(Opcode::GossipSyn, 9, len).encode());
+        raw.send(&[0u8; 4096]); // a start of the body, never finished
+    };
+    let mut held: Vec<Raw> = Vec::new();
+    for _ in 0..4 {
+        let mut raw = Raw::connect(&server.addr);
+        announce(&mut raw);
+        held.push(raw);
+    }
+    // Each is being read once its header arrived; give the node a moment to see all four.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = Raw::connect(&server.addr);
+    announce(&mut fifth);
+    assert_eq!(error_or_close(&mut fifth), Some(ErrorCode::Overloaded));
+    assert_closed(&mut fifth);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = Raw::connect(&server.addr);
+    announce(&mut again);
+    std::thread::sleep(Duration::from_millis(300));
+    again.stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut byte = [0u8; 1];
+    match again.stream.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the budget came back: the node waits for the body, got {other:?}"),
+    }
+    still_serves(&server, 1);
+}

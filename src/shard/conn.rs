@@ -184,6 +184,7 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let inflight_max = ctx.settings.connection_inflight_max;
+    let mut reservation = LargeFrameReservation { ctx, held: 0 };
     'conn: loop {
         // Cut complete frames out of `buf` while the connection has room for more work.
         let mut start = 0;
@@ -236,12 +237,30 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
                 }
             };
             let total = FRAME_HEADER_BYTES + header.body_len as usize;
+            // A body beyond the client bound from a connection that has not authenticated
+            // (gossip checks each message after reading it) is buffered only within the
+            // node's budget for such frames, so strangers cannot make it hold gigabytes.
+            let large = header.body_len > body_max
+                && !matches!(out.peer_auth.get(), PeerAuth::Authenticated { .. });
+            if large && !reservation.hold(header.body_len) {
+                bump(&ctx.counters.invalid_frames);
+                out.push_error(
+                    header.request_id,
+                    ErrorCode::Overloaded,
+                    format!(
+                        "too many large unauthenticated frames in flight on this node \
+                         ({UNAUTHENTICATED_LARGE_BYTES_MAX} bytes at most); closing"
+                    ),
+                );
+                break 'conn;
+            }
             let Some(body_bytes) = avail.get(FRAME_HEADER_BYTES..total) else {
                 break;
             };
             let mut body = AlignedVec::<16>::with_capacity(body_bytes.len());
             body.extend_from_slice(body_bytes);
             start += total;
+            reservation.release();
             if !dispatch(ctx, header, body, &out) {
                 break 'conn;
             }
@@ -287,6 +306,46 @@ fn is_peer_opcode(op: Opcode) -> bool {
         op,
         Opcode::GossipSyn | Opcode::GossipAck2 | Opcode::ReplicaWrite | Opcode::StreamApply
     )
+}
+
+/// Bytes of bodies beyond the client bound that unauthenticated connections (gossip, which is
+/// authenticated per message after it is read) may have buffered at once on one executor.
+pub const UNAUTHENTICATED_LARGE_BYTES_MAX: u64 = 32 * 1024 * 1024;
+
+/// One connection's share of [`UNAUTHENTICATED_LARGE_BYTES_MAX`]: held while a large frame's
+/// body is being read, released when it is complete or the connection ends.
+struct LargeFrameReservation<'a> {
+    ctx: &'a ExecutorCtx,
+    held: u64,
+}
+
+impl LargeFrameReservation<'_> {
+    /// Holds `bytes` (once per frame); false when the budget has no room.
+    fn hold(&mut self, bytes: u32) -> bool {
+        if self.held > 0 {
+            return true;
+        }
+        let in_use = self.ctx.large_frame_bytes.get();
+        let bytes = u64::from(bytes);
+        if in_use.saturating_add(bytes) > UNAUTHENTICATED_LARGE_BYTES_MAX {
+            return false;
+        }
+        self.ctx.large_frame_bytes.set(in_use + bytes);
+        self.held = bytes;
+        true
+    }
+
+    fn release(&mut self) {
+        let in_use = self.ctx.large_frame_bytes.get();
+        self.ctx.large_frame_bytes.set(in_use.saturating_sub(self.held));
+        self.held = 0;
+    }
+}
+
+impl Drop for LargeFrameReservation<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// The requests served only on an authenticated replica link.

@@ -321,6 +321,9 @@ pub struct ExecutorCtx {
     /// Raised once every executor of the node has drained its connections: the cluster
     /// core's replica links stop then, not before (in-flight requests still need them).
     pub stopped: Latch,
+    /// Bytes of large unauthenticated frame bodies being read on this executor (see
+    /// `conn::UNAUTHENTICATED_LARGE_BYTES_MAX`).
+    pub(crate) large_frame_bytes: Cell<u64>,
     /// Stop signals of open connections, by connection id.
     conns: RefCell<HashMap<u64, Rc<Notify>>>,
     next_conn: Cell<u64>,
@@ -359,6 +362,7 @@ impl ExecutorCtx {
             next_corr: Cell::new(1),
             shutdown: Latch::default(),
             stopped: Latch::default(),
+            large_frame_bytes: Cell::new(0),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             conn_closed: Notify::default(),
