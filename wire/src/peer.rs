@@ -50,7 +50,10 @@
 //! for short messages; its 128-bit key is the security level, so the secret should carry at
 //! least 128 bits of entropy (for example 32 random hex digits). The receiver checks the
 //! cluster name and the tag *before* it parses the body, so a stranger's bytes reach no
-//! parser beyond the envelope's. What it does not do: encrypt (gossip is readable on the
+//! parser beyond the envelope's. A gossip body may exceed the client frame bound and must be
+//! read before it can be checked: a node buffers at most 32 MiB of such bodies from
+//! unauthenticated connections at once (`Overloaded` and a closed connection past that).
+//! What it does not do: encrypt (gossip is readable on the
 //! network) or stop replays. A replayed Syn only earns the replayer an Ack it cannot read
 //! more from than the Syn it copied; a replayed Ack2 carries states that lose to newer ones
 //! by the heartbeat merge rule, so a replay cannot roll membership back.
