@@ -195,7 +195,20 @@ fn state_to_wire(s: &NodeState) -> PeerState {
     }
 }
 
+/// How far ahead of this node's clock a gossiped generation (a node's start time, seconds
+/// since the Unix epoch) may be. Bounding it keeps the topology version, a sum of
+/// generations, far from overflow: one bad state cannot pin it at its maximum.
+pub const GENERATION_AHEAD_MAX_S: u64 = 7 * 24 * 3600;
+
 fn state_from_wire(s: PeerState) -> Result<NodeState, Refusal> {
+    let limit = crate::cluster::hlc::wall_ms() / 1000 + GENERATION_AHEAD_MAX_S;
+    if s.heartbeat.generation > limit {
+        return Err(Refusal::Malformed(format!(
+            "node {:016x}: generation {} is more than {GENERATION_AHEAD_MAX_S} s ahead of this \
+             node's clock",
+            s.id, s.heartbeat.generation
+        )));
+    }
     let addr: SocketAddr = s.addr.parse().map_err(|_| {
         Refusal::Malformed(format!("node {:016x}: address {:?} is not ip:port", s.id, s.addr))
     })?;
@@ -904,6 +917,16 @@ mod tests {
             status: Status::Up,
             meta: NodeMeta { shard_ports: Arc::from(vec![7001, 7002]), token_count: 150 },
         }
+    }
+
+    #[test]
+    fn a_state_from_the_far_future_is_refused() {
+        let mut far = state(1);
+        far.heartbeat.generation = u64::MAX / 4;
+        let body = msg_to_wire(&GossipMsg::Ack2 { states: vec![state(2), far] });
+        assert!(matches!(msg_from_wire(body), Err(Refusal::Malformed(m)) if m.contains("ahead")));
+        let body = msg_to_wire(&GossipMsg::Ack2 { states: vec![state(2)] });
+        assert!(msg_from_wire(body).is_ok());
     }
 
     #[test]
