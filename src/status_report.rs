@@ -115,8 +115,10 @@ pub fn run_movement(
     wait: Duration,
     out: &mut dyn Write,
 ) -> Result<String, String> {
+    // A decommission names the node it is for (its id, asked first), so a request seen on the
+    // network cannot be sent to another node.
     let (opcode, target) = match remove {
-        None => (Opcode::Decommission, 0),
+        None => (Opcode::Decommission, fetch(addr, timeout)?.self_id),
         Some(id) => (Opcode::RemoveNode, id),
     };
     let now_ms = std::time::SystemTime::now()

@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -184,7 +185,7 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let inflight_max = ctx.settings.connection_inflight_max;
-    let mut reservation = LargeFrameReservation { ctx, held: 0 };
+    let mut reservation = LargeFrameReservation { ctx, held: 0, since: None };
     'conn: loop {
         // Cut complete frames out of `buf` while the connection has room for more work.
         let mut start = 0;
@@ -276,8 +277,19 @@ async fn serve_connection(ctx: &Rc<ExecutorCtx>, stream: TcpStream, stop: &Notif
             futures_lite::future::or(out.wake_reader.wait(), stop.wait()).await;
             continue;
         }
+        // A large unauthenticated frame holds part of the node's budget: it must arrive
+        // whole within LARGE_FRAME_TIME_MAX, or the connection is closed and the budget freed.
+        let deadline = reservation.since.map(|t| t + LARGE_FRAME_TIME_MAX);
         let read = futures_lite::future::or(async { Some(rd.read(&mut chunk).await) }, async {
-            stop.wait().await;
+            match deadline {
+                Some(d) => {
+                    futures_lite::future::or(stop.wait(), async {
+                        glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await;
+                    })
+                    .await
+                }
+                None => stop.wait().await,
+            }
             None
         })
         .await;
@@ -317,7 +329,12 @@ pub const UNAUTHENTICATED_LARGE_BYTES_MAX: u64 = 32 * 1024 * 1024;
 struct LargeFrameReservation<'a> {
     ctx: &'a ExecutorCtx,
     held: u64,
+    /// When the frame holding it began to arrive.
+    since: Option<Instant>,
 }
+
+/// How long a large unauthenticated frame may take to arrive whole.
+pub const LARGE_FRAME_TIME_MAX: Duration = Duration::from_secs(10);
 
 impl LargeFrameReservation<'_> {
     /// Holds `bytes` (once per frame); false when the budget has no room.
@@ -332,6 +349,7 @@ impl LargeFrameReservation<'_> {
         }
         self.ctx.large_frame_bytes.set(in_use + bytes);
         self.held = bytes;
+        self.since = Some(Instant::now());
         true
     }
 
@@ -339,6 +357,7 @@ impl LargeFrameReservation<'_> {
         let in_use = self.ctx.large_frame_bytes.get();
         self.ctx.large_frame_bytes.set(in_use.saturating_sub(self.held));
         self.held = 0;
+        self.since = None;
     }
 }
 

@@ -21,11 +21,11 @@
 //! the newer version by stamp).
 //!
 //! # Damage
-//! A segment that cannot be read (a bad header, an I/O error, checksummed bytes that stop
-//! making sense before its end) is renamed to `<name>.hint.bad`, logged as an error and
+//! A segment whose bytes are bad (a damaged header or record frame) is renamed to `<name>.hint.bad`, logged as an error and
 //! forgotten, at open or during a replay, and the log goes on with the others: one damaged file
 //! costs the hints in it (read repair and later writes catch those keys up), never hinted
-//! handoff as a whole. A torn tail is not damage (see Layout).
+//! handoff as a whole. A torn tail is not damage (see Layout), nor is an error of the system
+//! (no file descriptors, a failing disk): the segment stays and the next replay tries again.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,7 +91,7 @@ pub struct HintLogReport {
     pub torn_segments: u64,
     /// Records that passed their checksum but did not decode (skipped, logged).
     pub undecodable: u64,
-    /// Segments that could not be read at all (a bad header, an I/O error): renamed to
+    /// Segments whose bytes are bad (a damaged header or record frame): renamed to
     /// `*.hint.bad`, logged, and left out, so one damaged file does not stop hinted handoff.
     pub quarantined: u64,
 }
@@ -148,11 +148,12 @@ impl HintLog {
                 next_segment = next_segment.max(segment.saturating_add(1));
                 let (info, torn, undecodable) = match scan_segment(&path, segment).await {
                     Ok(scanned) => scanned,
-                    Err(e) => {
+                    Err(HintLogError::Io(e)) if is_damage(&e) => {
                         quarantine(&path, &e).await?;
                         report.quarantined += 1;
                         continue;
                     }
+                    Err(e) => return Err(e),
                 };
                 report.segments += 1;
                 report.hints += info.hints;
@@ -265,11 +266,12 @@ impl HintLog {
             }
             let mut reader = match LogReader::open(&path, Some(segment)).await {
                 Ok(r) => r,
-                Err(e) => {
+                Err(e) if is_damage(&e) => {
                     self.quarantine_segment(target, segment, &path, 0, 0, &e.into()).await?;
                     report.quarantined += 1;
                     continue;
                 }
+                Err(e) => return Err(e.into()),
             };
             let (mut sent, mut expired) = (0u64, 0u64);
             let mut damaged: Option<HintLogError> = None;
@@ -278,9 +280,18 @@ impl HintLog {
                     Ok(ReadOutcome::Record(r)) => r,
                     Ok(ReadOutcome::End(_)) => break,
                     // Unreadable from here on: what was sent is counted, the rest is lost.
-                    Err(e) => {
+                    Err(e) if is_damage(&e) => {
                         damaged = Some(e.into());
                         break;
+                    }
+                    // An error of the system (no file descriptors, an I/O error): the segment
+                    // stays for the next replay.
+                    Err(e) => {
+                        let _ = reader.close().await;
+                        report.sent += sent;
+                        report.expired += expired;
+                        report.stopped = Some(format!("reading {}: {e}", path.display()));
+                        return Ok(report);
                     }
                 };
                 let hint = match Hint::decode(&record.payload) {
@@ -413,6 +424,12 @@ impl HintLog {
         self.ledger.borrow_mut().on_segment_removed(target, segment, replayed, expired);
         Ok(())
     }
+}
+
+/// Whether `e` says the segment's bytes are bad (set it aside) rather than that the system
+/// failed to read them (keep it and try again later).
+fn is_damage(e: &IoError) -> bool {
+    matches!(e, IoError::SegmentHeader { .. } | IoError::RecordSize { .. })
 }
 
 /// Renames an unreadable segment to `<name>.bad` beside it (kept for inspection, never read

@@ -196,19 +196,12 @@ fn state_to_wire(s: &NodeState) -> PeerState {
 }
 
 /// How far ahead of this node's clock a gossiped generation (a node's start time, seconds
-/// since the Unix epoch) may be. Bounding it keeps the topology version, a sum of
-/// generations, far from overflow: one bad state cannot pin it at its maximum.
+/// since the Unix epoch) may be; a state past it is left out of the message (the rest is
+/// used). Bounding it keeps the topology version, a sum of generations, far from overflow:
+/// one bad state cannot pin it at its maximum.
 pub const GENERATION_AHEAD_MAX_S: u64 = 7 * 24 * 3600;
 
 fn state_from_wire(s: PeerState) -> Result<NodeState, Refusal> {
-    let limit = crate::cluster::hlc::wall_ms() / 1000 + GENERATION_AHEAD_MAX_S;
-    if s.heartbeat.generation > limit {
-        return Err(Refusal::Malformed(format!(
-            "node {:016x}: generation {} is more than {GENERATION_AHEAD_MAX_S} s ahead of this \
-             node's clock",
-            s.id, s.heartbeat.generation
-        )));
-    }
     let addr: SocketAddr = s.addr.parse().map_err(|_| {
         Refusal::Malformed(format!("node {:016x}: address {:?} is not ip:port", s.id, s.addr))
     })?;
@@ -241,8 +234,22 @@ pub fn msg_to_wire(m: &GossipMsg) -> GossipBody {
 /// The state machine's form of a checked wire message.
 pub fn msg_from_wire(b: GossipBody) -> Result<GossipMsg, Refusal> {
     b.check().map_err(Refusal::Malformed)?;
+    let limit = crate::cluster::hlc::wall_ms() / 1000 + GENERATION_AHEAD_MAX_S;
     let states = |s: Vec<PeerState>| -> Result<Vec<NodeState>, Refusal> {
-        s.into_iter().map(state_from_wire).collect()
+        s.into_iter()
+            .filter(|st| {
+                let ok = st.heartbeat.generation <= limit;
+                if !ok {
+                    tracing::debug!(
+                        node = format!("{:016x}", st.id),
+                        generation = st.heartbeat.generation,
+                        "gossiped state left out: its generation is too far ahead of this clock"
+                    );
+                }
+                ok
+            })
+            .map(state_from_wire)
+            .collect()
     };
     Ok(match b {
         GossipBody::Syn { digests } => GossipMsg::Syn {
@@ -401,7 +408,11 @@ impl GossipCore {
             let current = m.state(id).map(|s| s.status);
             match (status, current) {
                 (_, None) => return Err(format!("node {:016x} is not known here", id.0)),
-                (Status::Removing, Some(Status::Up | Status::Removing)) => {
+                // Run again: the node is already marked.
+                (Status::Removing, Some(Status::Removing)) => {}
+                // A dead node, Up or stuck Leaving (a decommission that failed, or a node that
+                // died mid-decommission).
+                (Status::Removing, Some(Status::Up | Status::Leaving)) => {
                     match m.liveness(id, now) {
                         Some(Liveness::Down) => {}
                         l => {
@@ -415,7 +426,10 @@ impl GossipCore {
                     }
                 }
                 (Status::Removing, Some(s)) => {
-                    return Err(format!("node {:016x} is {s:?}: only an Up node is removed", id.0))
+                    return Err(format!(
+                        "node {:016x} is {s:?}: only an Up or Leaving node is removed",
+                        id.0
+                    ))
                 }
                 (Status::Left, Some(Status::Removing)) => {}
                 (_, Some(s)) => {
@@ -866,7 +880,6 @@ impl PeerService for GossipCore {
                         Ok(r.target.to_native())
                     })
                     .and_then(|target| match (opcode, target) {
-                        (Opcode::Decommission, 0) => mover.start_decommission(),
                         (Opcode::Decommission, t) if t == self.me().0 => mover.start_decommission(),
                         (Opcode::Decommission, t) => Err(format!(
                             "a decommission of node {t:016x} reached node {:016x}",
@@ -920,13 +933,12 @@ mod tests {
     }
 
     #[test]
-    fn a_state_from_the_far_future_is_refused() {
+    fn a_state_from_the_far_future_is_left_out() {
         let mut far = state(1);
         far.heartbeat.generation = u64::MAX / 4;
-        let body = msg_to_wire(&GossipMsg::Ack2 { states: vec![state(2), far] });
-        assert!(matches!(msg_from_wire(body), Err(Refusal::Malformed(m)) if m.contains("ahead")));
-        let body = msg_to_wire(&GossipMsg::Ack2 { states: vec![state(2)] });
-        assert!(msg_from_wire(body).is_ok());
+        let body = msg_to_wire(&GossipMsg::Ack2 { states: vec![far, state(2)] });
+        // Left out; the rest of the message is used.
+        assert_eq!(msg_from_wire(body).unwrap(), GossipMsg::Ack2 { states: vec![state(2)] });
     }
 
     #[test]

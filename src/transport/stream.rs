@@ -327,7 +327,7 @@ impl Mover {
             }
         }
         let topology = self.topology().ok_or("the node is stopping")?;
-        one_movement_at_a_time(&topology, Some(self.me))?;
+        one_movement_at_a_time(&topology, Some(self.me), false)?;
         let remaining = topology.nodes.iter().filter(|n| n.id != self.me.0).count();
         if remaining < usize::from(topology.replication_factor) {
             return Err(format!(
@@ -385,7 +385,9 @@ impl Mover {
             return Err(format!("a {} is running on this node", self.progress.borrow().kind));
         }
         let topology = self.topology().ok_or("the node is stopping")?;
-        one_movement_at_a_time(&topology, None)?;
+        // The node itself may be Removing already (a removal that failed or whose runner
+        // stopped is run again), and a join may be waiting for exactly this removal.
+        one_movement_at_a_time(&topology, Some(id), true)?;
         // Removing: reads still go to the old replicas (the dead one does not answer; the
         // others do) and writes to old and new ones, until the copy is done.
         self.core.mark_removed(id, Status::Removing)?;
@@ -668,10 +670,21 @@ fn readers(topology: &TopologyResponse) -> Vec<u64> {
     topology.nodes.iter().filter(|n| is_reader(n)).map(|n| n.id).collect()
 }
 
-/// Refuses a decommission or removenode while another node (not `me`) joins or leaves: each
-/// plans against the ring as it is, and two plans at once could leave a range unstreamed.
-fn one_movement_at_a_time(topology: &TopologyResponse, me: Option<NodeId>) -> Result<(), String> {
-    match topology.nodes.iter().find(|n| Some(NodeId(n.id)) != me && n.status != NodeStatus::Up) {
+/// Refuses a decommission or removenode while another node (not `subject`) joins or leaves:
+/// each plans against the ring as it is, and two plans at once could leave a range unstreamed.
+/// With `joins_ok` (removenode) joining nodes do not count: a join plans against the nodes that
+/// serve reads, which a removal changes only when it ends, and then the join plans again (it
+/// may be waiting for the removal, when only the dead node held some of its ranges).
+fn one_movement_at_a_time(
+    topology: &TopologyResponse,
+    subject: Option<NodeId>,
+    joins_ok: bool,
+) -> Result<(), String> {
+    match topology.nodes.iter().find(|n| {
+        Some(NodeId(n.id)) != subject
+            && n.status != NodeStatus::Up
+            && !(joins_ok && n.status == NodeStatus::Joining)
+    }) {
         Some(n) => Err(format!(
             "node {:016x} is {:?}: one node joins or leaves at a time; wait for it",
             n.id, n.status
@@ -823,9 +836,14 @@ mod tests {
         let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Joining)]);
         let (work, unstreamable, _) = join_work(&t, NodeId(4), &[4]);
         assert!(work.is_empty() && unstreamable > 0);
-        // A decommission waits for another node's join.
-        assert!(one_movement_at_a_time(&t, Some(NodeId(1))).is_err());
-        assert!(one_movement_at_a_time(&t, Some(NodeId(4))).is_ok());
+        // A decommission waits for another node's join; a removal does not.
+        assert!(one_movement_at_a_time(&t, Some(NodeId(1)), false).is_err());
+        assert!(one_movement_at_a_time(&t, Some(NodeId(4)), false).is_ok());
+        assert!(one_movement_at_a_time(&t, Some(NodeId(1)), true).is_ok());
+        // A removal run again: the node being removed shows as Leaving.
+        let t = topology(&[(1, Up), (2, Up), (3, Leaving)]);
+        assert!(one_movement_at_a_time(&t, Some(NodeId(3)), true).is_ok());
+        assert!(one_movement_at_a_time(&t, Some(NodeId(2)), true).is_err());
 
         let t = topology(&[(1, Up), (2, Up), (3, Up), (4, Leaving)]);
         let (work, _) = leave_work(&t, NodeId(4), &alive);

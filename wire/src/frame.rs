@@ -60,7 +60,7 @@ pub enum Opcode {
     /// (`peer::StreamApplyRequest`); the response is empty.
     StreamApply = 0x27,
     /// Operator to node, on its node-level port: stream this node's ranges to the nodes that
-    /// take them over, then leave the ring (`peer::AdminRequest`, target 0). The response
+    /// take them over, then leave the ring (`peer::AdminRequest`, target its id). The response
     /// (empty) says the decommission started; its progress shows in `ClusterStatus`.
     Decommission = 0x28,
     /// Operator to node, on its node-level port: re-replicate the ranges of a dead node

@@ -332,8 +332,9 @@ pub struct StreamApplyRequest {
 }
 
 /// An operator's request that changes the ring (`Decommission`, `RemoveNode`): proof that
-/// the sender holds the cluster key. `target` is the node to remove (0 for a decommission of
-/// the receiving node); the tag is [`admin_mac`] over it. The receiver refuses a request
+/// the sender holds the cluster key. `target` is the node to decommission (the receiving node)
+/// or to remove; the tag is [`admin_mac`] over it, so a request seen on the network cannot be
+/// turned against another node. The receiver refuses a request
 /// issued more than [`ADMIN_REQUEST_AGE_MAX_MS`] from its own clock, so a recorded request
 /// cannot be replayed later.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

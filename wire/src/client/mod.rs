@@ -761,10 +761,33 @@ impl Client {
         let client = self.clone();
         glommio::spawn_local(async move {
             let _reset = ResetOnDrop(&client.inner.refreshing);
-            // Best effort: a failed refresh keeps the old topology; retries still route.
-            let _ = client.refresh_topology().await;
+            client.refresh_toward(seen).await;
         })
         .detach();
+    }
+
+    /// Fetches the topology from the seed, then the other nodes, until one serves the topology
+    /// of `epoch` (nodes that have not heard of a change serve an older one); installs each
+    /// newer one it finds. Best effort: failures keep what the client has.
+    async fn refresh_toward(&self, epoch: u32) {
+        let mut candidates: Vec<String> = vec![self.inner.seed_addr.clone()];
+        for n in &self.inner.topo.borrow().resp.nodes {
+            if !candidates.contains(&n.addr) {
+                candidates.push(n.addr.clone());
+            }
+        }
+        for addr in &candidates {
+            if self.inner.closed.get() {
+                return;
+            }
+            if let Ok(topo) = self.fetch_topology(addr).await {
+                let version = topo.version;
+                self.install(topo);
+                if crate::frame::topology_epoch_of(version) == epoch {
+                    return;
+                }
+            }
+        }
     }
 
     fn addr_for<'t>(
@@ -887,8 +910,13 @@ impl Client {
         Ok(resp)
     }
 
-    /// Installs a new topology and drops connections to addresses it no longer lists.
+    /// Installs a new topology and drops connections to addresses it no longer lists. An older
+    /// one than the client holds (from a node that has not heard of a change) is ignored:
+    /// versions only grow.
     fn install(&self, resp: TopologyResponse) {
+        if resp.version < self.inner.topo.borrow().resp.version {
+            return;
+        }
         let topo = Rc::new(Topo::build(resp));
         let keep = topo.addrs();
         let stale: Vec<Rc<Endpoint>> = {
