@@ -159,46 +159,70 @@ fn tombstones_go_only_past_their_grace_in_a_bottommost_merge() {
     });
 }
 
+/// The writes of crash round `round` (deterministic, so the parent knows what the child wrote:
+/// every one is acknowledged before the crash), and how long to let background work run after
+/// them before the crash.
+fn crash_round_writes(round: u64) -> (Vec<(Vec<u8>, Lookup)>, u64) {
+    let mut rng = StdRng::seed_from_u64(11 + round);
+    let writes = (0..300u64)
+        .map(|i| {
+            let n = round * 300 + i + 1;
+            let k = format!("key-{:05}", rng.gen_range(0..800u32)).into_bytes();
+            if rng.gen_ratio(1, 10) {
+                (k, Lookup::Deleted { stamp: stamp(n) })
+            } else {
+                (k, Lookup::Found { value: value_of(n, 900), stamp: stamp(n) })
+            }
+        })
+        .collect();
+    (writes, rng.gen_range(0..150u64))
+}
+
+const CRASH_TEST: &str = "a_crash_during_compaction_leaves_a_consistent_directory";
+const CRASH_DIR_ENV: &str = "KVS_CRASH_DIR";
+
 #[test]
 fn a_crash_during_compaction_leaves_a_consistent_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    // Paced to 2 MiB/s so that compactions are in progress when the engine is dropped.
+    // Paced to 2 MiB/s so that compactions are in progress when the engine crashes.
     let slow = CompactionOptions { rate_bytes_per_s: 2 * 1024 * 1024, ..small_levels() };
+    if let Some(round) = support::crash_round() {
+        // The child: one round's writes, then a crash somewhere in the next 0-150 ms of
+        // background work, by process exit.
+        let dir = std::path::PathBuf::from(std::env::var(CRASH_DIR_ENV).expect("crash dir"));
+        support::run(move || async move {
+            let (engine, _) = Engine::open(opts(&dir, slow)).await.unwrap();
+            let (writes, pause) = crash_round_writes(round);
+            for (k, v) in writes {
+                match v {
+                    Lookup::Found { value, stamp } => engine.put(&k, &value, stamp).await.unwrap(),
+                    Lookup::Deleted { stamp } => engine.delete(&k, stamp).await.unwrap(),
+                    Lookup::Missing => unreachable!(),
+                }
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(pause)).await;
+            let hit = engine.stats().compaction_running;
+            support::crash_now(if hit { "compacting" } else { "idle" })
+        });
+        unreachable!("the crash round exits");
+    }
+    let dir = tempfile::tempdir().unwrap();
     let o = opts(dir.path(), slow);
     let path = dir.path().to_path_buf();
     let mut model = BTreeMap::new();
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut n = 0u64;
     let mut crashed_while_compacting = 0;
-    // Each round on its own executor thread, which exits (and with it any I/O the dropped
-    // engine had in flight) before the next round opens the files, as a process would.
-    for _round in 0..12u64 {
-        let o = o.clone();
-        let (m, r, next, hit) = support::run(move || async move {
-            let (mut model, mut rng, mut n) = (model, rng, n);
+    // Each round crashes a child process (see support::crash_now); between rounds this
+    // process opens what it left, checks every acknowledged write, and closes cleanly.
+    for round in 0..12u64 {
+        std::env::set_var(CRASH_DIR_ENV, &path);
+        let report = support::crash_in_child(CRASH_TEST, round);
+        crashed_while_compacting += u32::from(report == "compacting");
+        model.extend(crash_round_writes(round).0);
+        let (o, m) = (o.clone(), model.clone());
+        support::run(move || async move {
             let (engine, _) = Engine::open(o).await.unwrap();
-            check_model(&engine, &model).await;
-            for _ in 0..300 {
-                n += 1;
-                let k = format!("key-{:05}", rng.gen_range(0..800u32)).into_bytes();
-                if rng.gen_ratio(1, 10) {
-                    engine.delete(&k, stamp(n)).await.unwrap();
-                    model.insert(k, Lookup::Deleted { stamp: stamp(n) });
-                } else {
-                    let v = value_of(n, 900);
-                    engine.put(&k, &v, stamp(n)).await.unwrap();
-                    model.insert(k, Lookup::Found { value: v, stamp: stamp(n) });
-                }
-            }
-            // Crash somewhere in the next 0-150 ms of background work.
-            let pause = rng.gen_range(0..150u64);
-            glommio::timer::sleep(std::time::Duration::from_millis(pause)).await;
-            let hit = engine.stats().compaction_running;
-            drop(engine);
-            (model, rng, n, hit)
+            check_model(&engine, &m).await;
+            engine.close().await.unwrap();
         });
-        (model, rng, n) = (m, r, next);
-        crashed_while_compacting += u32::from(hit);
     }
     assert!(
         crashed_while_compacting >= 3,

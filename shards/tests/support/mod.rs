@@ -78,3 +78,50 @@ pub async fn fill(e: &kvs_shards::Engine, prefix: &str, keys: u64, first: u64) {
             .expect("put");
     }
 }
+
+/// The environment variable that makes a test binary run one crash round in a child process
+/// (see [`crash_in_child`]).
+pub const CRASH_ROUND_ENV: &str = "KVS_CRASH_ROUND";
+
+/// In a child started by [`crash_in_child`]: the round to run.
+#[allow(dead_code)]
+pub fn crash_round() -> Option<u64> {
+    std::env::var(CRASH_ROUND_ENV).ok().and_then(|v| v.parse().ok())
+}
+
+/// Ends a crash round's child at once, as a crash would: nothing is dropped or closed, and the
+/// kernel ends the I/O still in flight with the process. Dropping an executor with I/O in
+/// flight inside the test process instead can let a direct read land in memory the allocator
+/// has already handed out again (heap corruption). `report` goes to the parent.
+#[allow(dead_code)]
+pub fn crash_now(report: &str) -> ! {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\nKVS-CRASH-REPORT {report}");
+    let _ = out.flush();
+    std::process::exit(0)
+}
+
+/// Runs round `round` of the test `test` (its full name as `cargo test` lists it) in a child
+/// process of this test binary and returns the report it gave [`crash_now`].
+#[allow(dead_code)]
+pub fn crash_in_child(test: &str, round: u64) -> String {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CRASH_ROUND_ENV, round.to_string())
+        .output()
+        .expect("run the crash round");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split("KVS-CRASH-REPORT ").nth(1))
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "crash round {round} gave no report (status {:?}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
