@@ -36,10 +36,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvs_wire::client::{Client, ClientError, ClientOptions, Consistency, PutOptions};
-use kvs_wire::msg::{self, ArchivedErrorResponse, ArchivedGetResponse, GetRequest, PutRequest};
-use kvs_wire::Opcode;
 use serde_json::Value;
-use support::{kvs, on_executor, wait_for, Raw, Server};
+use support::{get_frame, kvs, on_executor, put_frame, raw_call_on, wait_for, Raw, Server};
 
 /// Flags every node starts with (one shard, fast gossip, the replica timeout, one cluster).
 const NODE_ARGS: [&str; 12] = [
@@ -99,42 +97,6 @@ fn all_alive(nodes: &[&Server], ids: &[&str]) -> bool {
 fn shard_of(node: &Server) -> String {
     let host = node.addr.rsplit_once(':').unwrap().0;
     format!("{host}:{}", node.shard_ports[0])
-}
-
-/// Sends one raw request on `raw` and returns Ok(value or None) or Err(error message).
-fn raw_call_on(raw: &mut Raw, frame: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    raw.send(frame);
-    let (h, body) = raw.recv().expect("an answer");
-    match h.opcode {
-        Opcode::Error => {
-            let e = msg::access::<ArchivedErrorResponse>(&body).unwrap();
-            Err(e.message.as_str().to_string())
-        }
-        Opcode::Get => {
-            let g = msg::access::<ArchivedGetResponse>(&body).unwrap();
-            Ok(g.value.as_ref().map(|v| v.as_slice().to_vec()))
-        }
-        _ => Ok(None),
-    }
-}
-
-fn get_frame(key: &str, consistency: Consistency) -> Vec<u8> {
-    let mut out = Vec::new();
-    let req = GetRequest { key: key.as_bytes().to_vec(), consistency };
-    msg::write_frame(&mut out, Opcode::Get, false, 1, &req).unwrap();
-    out
-}
-
-fn put_frame(key: &str, value: &str, consistency: Consistency) -> Vec<u8> {
-    let mut out = Vec::new();
-    let req = PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-        ttl_ms: 0,
-        consistency,
-    };
-    msg::write_frame(&mut out, Opcode::Put, false, 1, &req).unwrap();
-    out
 }
 
 /// The answer of `node`'s shard to a put of `probe` at consistency `all`.

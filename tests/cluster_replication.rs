@@ -15,12 +15,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kvs_wire::msg::{
-    self, ArchivedErrorResponse, ArchivedGetResponse, Consistency, GetRequest, PutRequest,
-};
+use kvs_wire::msg::{self, ArchivedErrorResponse, Consistency};
 use kvs_wire::{FrameHeader, Opcode};
 use serde_json::Value;
-use support::{kvs, members, wait_for, Raw, Server};
+use support::{get_frame, kvs, members, put_frame, raw_call, wait_for, Raw, Server};
 
 /// `kvs status --json` of the node at `addr`, or None when it could not be asked.
 fn status(addr: &str) -> Option<Value> {
@@ -62,43 +60,6 @@ fn shards_see_all_alive(nodes: &[&Server]) {
 fn shard_of(node: &Server) -> String {
     let host = node.addr.rsplit_once(':').unwrap().0;
     format!("{host}:{}", node.shard_ports[0])
-}
-
-/// The answer to one raw request: Ok(value or None) or Err(error message).
-fn raw_call(addr: &str, frame: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut raw = Raw::connect(addr);
-    raw.send(frame);
-    let (h, body) = raw.recv().expect("an answer");
-    match h.opcode {
-        Opcode::Error => {
-            let e = msg::access::<ArchivedErrorResponse>(&body).unwrap();
-            Err(e.message.as_str().to_string())
-        }
-        Opcode::Get => {
-            let g = msg::access::<ArchivedGetResponse>(&body).unwrap();
-            Ok(g.value.as_ref().map(|v| v.as_slice().to_vec()))
-        }
-        _ => Ok(None),
-    }
-}
-
-fn get_frame(key: &str, consistency: Consistency) -> Vec<u8> {
-    let mut out = Vec::new();
-    let req = GetRequest { key: key.as_bytes().to_vec(), consistency };
-    msg::write_frame(&mut out, Opcode::Get, false, 1, &req).unwrap();
-    out
-}
-
-fn put_frame(key: &str, value: &str, consistency: Consistency) -> Vec<u8> {
-    let mut out = Vec::new();
-    let req = PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-        ttl_ms: 0,
-        consistency,
-    };
-    msg::write_frame(&mut out, Opcode::Put, false, 1, &req).unwrap();
-    out
 }
 
 /// What `node` alone holds for `key` (a Get at consistency one on its owning shard).

@@ -233,6 +233,16 @@ impl Mover {
         self.ctx.upgrade().map(|c| c.topology())
     }
 
+    /// Reports `what` was announced and waits `ring_delay_ms` for gossip to carry it to every
+    /// node; false when the node began to stop meanwhile.
+    async fn announce_and_wait(&self, what: &str) -> bool {
+        self.phase(format!(
+            "{what}; waiting ring_delay_ms ({:?}) for every node to hear",
+            self.settings.ring_delay
+        ));
+        self.sleep(self.settings.ring_delay).await
+    }
+
     /// Sleeps `d`; false when the node began to stop meanwhile.
     async fn sleep(&self, d: Duration) -> bool {
         let Some(ctx) = self.ctx.upgrade() else { return false };
@@ -258,11 +268,7 @@ impl Mover {
                 return;
             }
         }
-        self.phase(format!(
-            "announced Joining; waiting ring_delay_ms ({:?}) for every node to hear",
-            self.settings.ring_delay
-        ));
-        if !self.sleep(self.settings.ring_delay).await {
+        if !self.announce_and_wait("announced Joining").await {
             return;
         }
         loop {
@@ -343,11 +349,7 @@ impl Mover {
 
     async fn decommission(self: Rc<Self>) {
         self.core.set_own_status(Status::Leaving);
-        self.phase(format!(
-            "announced Leaving; waiting ring_delay_ms ({:?}) for every node to hear",
-            self.settings.ring_delay
-        ));
-        if !self.sleep(self.settings.ring_delay).await {
+        if !self.announce_and_wait("announced Leaving").await {
             return;
         }
         loop {
@@ -372,8 +374,7 @@ impl Mover {
             return;
         }
         self.core.set_own_status(Status::Left);
-        self.phase("announced Left; waiting ring_delay_ms for every node to hear");
-        if !self.sleep(self.settings.ring_delay).await {
+        if !self.announce_and_wait("announced Left").await {
             return;
         }
         self.finish(Ok("the node has left the ring and can be stopped".into()));
@@ -397,11 +398,7 @@ impl Mover {
     }
 
     async fn remove(self: Rc<Self>, id: NodeId) {
-        self.phase(format!(
-            "marked {:016x} Removing; waiting ring_delay_ms ({:?}) for every node to hear",
-            id.0, self.settings.ring_delay
-        ));
-        if !self.sleep(self.settings.ring_delay).await {
+        if !self.announce_and_wait(&format!("marked {:016x} Removing", id.0)).await {
             return;
         }
         let Some(topology) = self.topology() else { return };

@@ -273,12 +273,61 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
     panic!("gave up waiting for {what}");
 }
 
+/// Sends one raw request frame on `raw` and returns the answer: Ok(the value of a Get, or None
+/// for a missing key or any other answer) or Err(the error message).
+#[allow(dead_code)]
+pub fn raw_call_on(raw: &mut Raw, frame: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use kvs_wire::msg::{self, ArchivedErrorResponse, ArchivedGetResponse};
+    raw.send(frame);
+    let (h, body) = raw.recv().ok_or("the node closed the connection")?;
+    match h.opcode {
+        kvs_wire::Opcode::Error => {
+            Err(msg::access::<ArchivedErrorResponse>(&body).unwrap().message.as_str().to_string())
+        }
+        kvs_wire::Opcode::Get => Ok(msg::access::<ArchivedGetResponse>(&body)
+            .unwrap()
+            .value
+            .as_ref()
+            .map(|v| v.as_slice().to_vec())),
+        _ => Ok(None),
+    }
+}
+
+/// [`raw_call_on`] over a new connection to `addr`.
+#[allow(dead_code)]
+pub fn raw_call(addr: &str, frame: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    raw_call_on(&mut Raw::connect(addr), frame)
+}
+
+/// A Get request frame (request id 1).
+#[allow(dead_code)]
+pub fn get_frame(key: &str, consistency: kvs_wire::msg::Consistency) -> Vec<u8> {
+    let mut out = Vec::new();
+    let req = kvs_wire::msg::GetRequest { key: key.as_bytes().to_vec(), consistency };
+    kvs_wire::msg::write_frame(&mut out, kvs_wire::Opcode::Get, false, 1, &req).unwrap();
+    out
+}
+
+/// A Put request frame (request id 1, no TTL).
+#[allow(dead_code)]
+pub fn put_frame(key: &str, value: &str, consistency: kvs_wire::msg::Consistency) -> Vec<u8> {
+    let mut out = Vec::new();
+    let req = kvs_wire::msg::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ttl_ms: 0,
+        consistency,
+    };
+    kvs_wire::msg::write_frame(&mut out, kvs_wire::Opcode::Put, false, 1, &req).unwrap();
+    out
+}
+
 /// What `node` alone holds for `key`: a Get at consistency one sent to the shard of `node`
 /// that owns the key (a coordinator that is a replica reads its own copy first). Ok(None):
 /// missing; Err: the error message.
 #[allow(dead_code)]
 pub fn local_get(node: &Server, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    use kvs_wire::msg::{self, ArchivedErrorResponse, ArchivedGetResponse, Consistency};
+    use kvs_wire::msg::{self, Consistency};
     use kvs_wire::placement::{shard_of, token_of};
     let shards = u16::try_from(node.shard_ports.len()).unwrap();
     let shard = shard_of(token_of(key), shards).0;
@@ -286,18 +335,7 @@ pub fn local_get(node: &Server, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let mut frame = Vec::new();
     let req = msg::GetRequest { key: key.to_vec(), consistency: Consistency::One };
     msg::write_frame(&mut frame, kvs_wire::Opcode::Get, false, 1, &req).unwrap();
-    raw.send(&frame);
-    let (h, body) = raw.recv().ok_or("the node closed the connection")?;
-    match h.opcode {
-        kvs_wire::Opcode::Error => {
-            Err(msg::access::<ArchivedErrorResponse>(&body).unwrap().message.as_str().to_string())
-        }
-        _ => Ok(msg::access::<ArchivedGetResponse>(&body)
-            .unwrap()
-            .value
-            .as_ref()
-            .map(|v| v.as_slice().to_vec())),
-    }
+    raw_call_on(&mut raw, &frame)
 }
 
 /// Node id -> (state, liveness) in a `kvs status --json` answer.
