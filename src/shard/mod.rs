@@ -108,13 +108,6 @@ pub enum ShardMsg {
     ReplicaReply { corr: u64, answer: replica::ReplicaAnswer },
 }
 
-/// Where [`ExecutorCtx::call_shard`] receives its response frame.
-#[derive(Default)]
-struct CallSlot {
-    frame: RefCell<Option<Vec<u8>>>,
-    ready: Notify,
-}
-
 /// The body of a whole response `frame` to `opcode`, or the error it carries.
 pub fn response_body(frame: &[u8], opcode: Opcode) -> Result<AlignedVec, String> {
     let header = frame
@@ -312,7 +305,7 @@ pub struct ExecutorCtx {
     pending: RefCell<HashMap<u64, Rc<ConnOut>>>,
     /// Requests this executor's own tasks sent to a shard ([`Self::call_shard`]): corr -> where
     /// the response frame goes. Shares `next_corr`.
-    calls: RefCell<HashMap<u64, Rc<CallSlot>>>,
+    calls: RefCell<HashMap<u64, Rc<notify::Slot<Vec<u8>>>>>,
     /// Stats requests gathering shards' counters: corr -> the gather. Shares `next_corr`.
     gathers: RefCell<HashMap<u64, Rc<stats::Gather>>>,
     next_corr: Cell<u64>,
@@ -573,7 +566,7 @@ impl ExecutorCtx {
         };
         let corr = self.next_corr.get();
         self.next_corr.set(corr.wrapping_add(1));
-        let slot = Rc::new(CallSlot::default());
+        let slot = Rc::new(notify::Slot::default());
         self.calls.borrow_mut().insert(corr, slot.clone());
         let msg = ShardMsg::Request { from: self.index, corr, request_id: corr, opcode, body };
         let sent = futures_lite::future::or(
@@ -585,23 +578,9 @@ impl ExecutorCtx {
         )
         .await;
         let answer = match sent {
-            Ok(()) => {
-                futures_lite::future::or(
-                    async {
-                        loop {
-                            if let Some(frame) = slot.frame.borrow_mut().take() {
-                                return Ok(frame);
-                            }
-                            slot.ready.wait().await;
-                        }
-                    },
-                    async {
-                        glommio::timer::sleep(timeout).await;
-                        Err(format!("shard {shard} did not answer {opcode:?} within {timeout:?}"))
-                    },
-                )
-                .await
-            }
+            Ok(()) => slot.wait_for(timeout).await.ok_or_else(|| {
+                format!("shard {shard} did not answer {opcode:?} within {timeout:?}")
+            }),
             Err(e) => Err(e),
         };
         self.calls.borrow_mut().remove(&corr);
@@ -635,8 +614,7 @@ impl ExecutorCtx {
                     conn.push_frame(&frame);
                     conn.finish_one();
                 } else if let Some(slot) = self.calls.borrow_mut().remove(&corr) {
-                    *slot.frame.borrow_mut() = Some(frame);
-                    slot.ready.notify();
+                    slot.set(frame);
                 }
             }
             ShardMsg::StatsRequest { from, corr } => self.answer_stats(from, corr),

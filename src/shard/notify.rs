@@ -71,3 +71,42 @@ impl Latch {
         .await
     }
 }
+
+/// One value handed from one task to another on the same executor: set once, awaited once.
+pub struct Slot<T> {
+    value: RefCell<Option<T>>,
+    ready: Notify,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot { value: RefCell::new(None), ready: Notify::default() }
+    }
+}
+
+impl<T> Slot<T> {
+    /// Puts `value` in the slot and wakes its waiter.
+    pub fn set(&self, value: T) {
+        *self.value.borrow_mut() = Some(value);
+        self.ready.notify();
+    }
+
+    /// Waits for the value at most `limit`; `None` when it did not come in time.
+    pub async fn wait_for(&self, limit: std::time::Duration) -> Option<T> {
+        futures_lite::future::or(
+            async {
+                loop {
+                    if let Some(v) = self.value.borrow_mut().take() {
+                        return Some(v);
+                    }
+                    self.ready.wait().await;
+                }
+            },
+            async {
+                glommio::timer::sleep(limit).await;
+                None
+            },
+        )
+        .await
+    }
+}

@@ -62,6 +62,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cluster::hints::Hint;
 use crate::cluster::hlc::wall_ms;
+use crate::shard::notify::Slot;
 use crate::shard::replica::{read_reply_of, write_body, ReplicaAnswer};
 use crate::shard::{ExecutorCtx, PeerAuth, ReplicaService, ShardMsg};
 use crate::transport::hint_log::{HintLog, Stored};
@@ -86,30 +87,10 @@ enum Reply {
     /// Shard `from`, for its request `corr`; 0: nobody (read repair).
     Shard { from: usize, corr: u64 },
     /// A task of the cluster core (hint replay).
-    Local(Rc<AnswerSlot>),
-    /// A task of the cluster core that wants the response body as is (streaming).
-    Raw(Rc<RawSlot>),
-}
-
-/// Where a cluster-core task receives one response body, or why there is none.
-#[derive(Default)]
-struct RawSlot {
-    answer: RefCell<Option<Result<AlignedVec, String>>>,
-    ready: crate::shard::notify::Notify,
-}
-
-impl RawSlot {
-    fn set(&self, answer: Result<AlignedVec, String>) {
-        *self.answer.borrow_mut() = Some(answer);
-        self.ready.notify();
-    }
-}
-
-/// Where a cluster-core task receives one answer.
-#[derive(Default)]
-struct AnswerSlot {
-    answer: RefCell<Option<ReplicaAnswer>>,
-    ready: crate::shard::notify::Notify,
+    Local(Rc<Slot<ReplicaAnswer>>),
+    /// A task of the cluster core that wants the response body as is (streaming), or why
+    /// there is none.
+    Raw(Rc<Slot<Result<AlignedVec, String>>>),
 }
 
 /// One replica request on its way to a peer.
@@ -201,10 +182,7 @@ impl ReplicaLinks {
                     ctx.send_to(from, ShardMsg::ReplicaReply { corr, answer });
                 }
             }
-            Reply::Local(slot) => {
-                *slot.answer.borrow_mut() = Some(answer);
-                slot.ready.notify();
-            }
+            Reply::Local(slot) => slot.set(answer),
             Reply::Raw(slot) => slot.set(Err(match answer {
                 ReplicaAnswer::Failed(why) => why,
                 other => format!("unexpected answer {other:?}"),
@@ -222,25 +200,13 @@ impl ReplicaLinks {
         body: Vec<u8>,
         limit: Duration,
     ) -> Result<AlignedVec, String> {
-        let slot = Rc::new(RawSlot::default());
+        let slot = Rc::new(Slot::default());
         let o =
             Outgoing { reply: Reply::Raw(slot.clone()), opcode, body, digest: false, hint: false };
         self.enqueue(node, o);
-        futures_lite::future::or(
-            async {
-                loop {
-                    if let Some(a) = slot.answer.borrow_mut().take() {
-                        return a;
-                    }
-                    slot.ready.wait().await;
-                }
-            },
-            async {
-                glommio::timer::sleep(limit).await;
-                Err(format!("node {:016x} did not answer {opcode:?} within {limit:?}", node.0))
-            },
-        )
-        .await
+        slot.wait_for(limit).await.unwrap_or_else(|| {
+            Err(format!("node {:016x} did not answer {opcode:?} within {limit:?}", node.0))
+        })
     }
 
     /// Whether `node` is in the topology (a node that has left gets no hints).
@@ -362,7 +328,7 @@ impl ReplicaLinks {
         let expires = (hint.expires_at_ms > 0).then_some(hint.expires_at_ms);
         let body = write_body(&hint.key, hint.value.as_deref(), stamp, expires)
             .map_err(|e| format!("encoding a hint: {e}"))?;
-        let slot = Rc::new(AnswerSlot::default());
+        let slot = Rc::new(Slot::default());
         let o = Outgoing {
             reply: Reply::Local(slot.clone()),
             opcode: Opcode::ReplicaWrite,
@@ -372,22 +338,7 @@ impl ReplicaLinks {
         };
         self.enqueue(node, o);
         let limit = self.timeout.saturating_mul(2);
-        let answered = futures_lite::future::or(
-            async {
-                loop {
-                    if let Some(a) = slot.answer.borrow_mut().take() {
-                        return Some(a);
-                    }
-                    slot.ready.wait().await;
-                }
-            },
-            async {
-                glommio::timer::sleep(limit).await;
-                None
-            },
-        )
-        .await;
-        match answered {
+        match slot.wait_for(limit).await {
             Some(ReplicaAnswer::Ack) => Ok(()),
             Some(ReplicaAnswer::Failed(why)) => Err(why),
             Some(ReplicaAnswer::Read(_)) => Err("a write answered as a read".into()),
