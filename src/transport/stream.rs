@@ -704,17 +704,7 @@ fn join_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Wor
     let mut down = unavailable(topology, alive);
     down.retain(|d| *d != me);
     let plan = movement::plan(&old, &new, n, &down);
-    let work = plan
-        .moves
-        .iter()
-        .flat_map(|m| {
-            m.streams.iter().filter(|s| s.to == me).map(|s| Work {
-                range: m.range,
-                target: s.to,
-                sources: s.from.clone(),
-            })
-        })
-        .collect();
+    let work = work_of(&plan, |s| s.to == me);
     let unstreamable = plan.unstreamable.iter().filter(|(_, to)| *to == me).count();
     (work, unstreamable, plan.gained_share(me))
 }
@@ -728,19 +718,12 @@ fn leave_work(topology: &TopologyResponse, me: NodeId, alive: &[u64]) -> (Vec<Wo
     let mut down = unavailable(topology, alive);
     down.retain(|d| *d != me);
     let plan = movement::plan(&old, &new, n, &down);
-    let work = plan
-        .moves
-        .iter()
-        .flat_map(|m| {
-            m.streams.iter().map(|s| {
-                let mut sources = s.from.clone();
-                // This node holds every range it loses: send from here first.
-                sources.retain(|x| *x != me);
-                sources.insert(0, me);
-                Work { range: m.range, target: s.to, sources }
-            })
-        })
-        .collect();
+    let mut work = work_of(&plan, |_| true);
+    for w in &mut work {
+        // This node holds every range it loses: send from here first.
+        w.sources.retain(|x| *x != me);
+        w.sources.insert(0, me);
+    }
     (work, plan.changed_share)
 }
 
@@ -760,14 +743,21 @@ fn remove_work(
         down.push(dead);
     }
     let plan = movement::plan(&old, &new, n, &down);
-    let work = plan
-        .moves
+    (work_of(&plan, |_| true), plan.unstreamable.len(), plan.changed_share)
+}
+
+/// The streams of `plan` that `keep` accepts, as work.
+fn work_of(plan: &movement::MovePlan, keep: impl Fn(&movement::Stream) -> bool) -> Vec<Work> {
+    plan.moves
         .iter()
         .flat_map(|m| {
-            m.streams.iter().map(|s| Work { range: m.range, target: s.to, sources: s.from.clone() })
+            m.streams.iter().filter(|s| keep(s)).map(|s| Work {
+                range: m.range,
+                target: s.to,
+                sources: s.from.clone(),
+            })
         })
-        .collect();
-    (work, plan.unstreamable.len(), plan.changed_share)
+        .collect()
 }
 
 /// Writes the bootstrap marker (fsynced with its directory).
